@@ -1,0 +1,5 @@
+import sys
+
+from pacscore.cli import main
+
+sys.exit(main())

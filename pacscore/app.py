@@ -1,0 +1,180 @@
+"""The application object: configuration, database, plugins and core services.
+
+One :class:`Pacs` per process (or per test); nothing here is a module global,
+so tests build as many as they need, each with its own plugin host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from marshmallow import ValidationError
+
+from pacscore.archive import Archive
+from pacscore.config import CORE_SETTINGS, Config
+from pacscore.models import (
+    Node,
+    PluginFailureRecord,
+    PluginState,
+    Setting,
+    Storage,
+    bind_database,
+    connection,
+    create_tables,
+)
+from pacscore.outbox import Outbox
+from pacscore.plugins import PluginFailure, PluginHost
+from pacscore.storage import recover_incoming
+
+log = logging.getLogger(__name__)
+
+CORE_SETTINGS_KEY = "core"
+
+
+class Settings:
+    """Run-time settings stored in the database, re-read every few seconds so
+    that a change made by another process (CLI, console) takes effect."""
+
+    CACHE_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._core: dict[str, Any] | None = None
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def core(self) -> dict[str, Any]:
+        with self._lock:
+            if self._core is None or time.monotonic() - self._loaded_at > self.CACHE_SECONDS:
+                row = Setting.get_or_none(Setting.key == CORE_SETTINGS_KEY)
+                stored = json.loads(row.value) if row else {}
+                self._core = CORE_SETTINGS.load(stored)
+                self._loaded_at = time.monotonic()
+            return self._core
+
+    def update_core(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate and persist changes; raises ``ValidationError``."""
+        merged = {**CORE_SETTINGS.dump(self.core), **changes}
+        validated = CORE_SETTINGS.load(merged)
+        value = json.dumps(CORE_SETTINGS.dump(validated))
+        Setting.insert(key=CORE_SETTINGS_KEY, value=value).on_conflict(
+            conflict_target=[Setting.key], update={Setting.value: value}
+        ).execute()
+        with self._lock:
+            self._core = validated
+            self._loaded_at = time.monotonic()
+        return validated
+
+
+class Nodes:
+    """Declared DICOM peers and their rights, looked up by AE title."""
+
+    CACHE_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._by_aet: dict[str, list[Node]] = {}
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, list[Node]]:
+        with self._lock:
+            if time.monotonic() - self._loaded_at > self.CACHE_SECONDS:
+                by_aet: dict[str, list[Node]] = {}
+                for node in Node.select().where(Node.enabled):
+                    by_aet.setdefault(node.aet.strip(), []).append(node)
+                self._by_aet = by_aet
+                self._loaded_at = time.monotonic()
+            return self._by_aet
+
+    def by_aet(self, aet: str) -> list[Node]:
+        return self._load().get(aet.strip(), [])
+
+    def allows(self, aet: str, right: str) -> bool:
+        return any(getattr(node, f"allow_{right}") for node in self.by_aet(aet))
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._loaded_at = 0.0
+
+
+class Pacs:
+    def __init__(self, config: Config, hooks: PluginHost | None = None) -> None:
+        self.config = config
+        self.database = bind_database(config.db_url, config.home)
+        self.hooks = hooks or PluginHost(on_failure=self._persist_failure)
+        self.settings = Settings()
+        self.nodes = Nodes()
+        self.archive = Archive(self)
+        self.outbox = Outbox(self)
+
+    # -- start-up ----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create missing tables, finish interrupted writes and deletions."""
+        create_tables()
+        with connection():
+            if not Storage.select().exists():
+                default = self.config.home / "storage"
+                default.mkdir(parents=True, exist_ok=True)
+                Storage.create(name="default", path=str(default))
+            recover_incoming(list(Storage.select()))
+            self.archive.empty_trash()
+
+    def load_plugins(self) -> None:
+        self.hooks.load_builtins()
+        with connection():
+            disabled = {p.name for p in PluginState.select().where(~PluginState.enabled)}
+        self.hooks.load_entry_points(disabled)
+
+    # -- services for plugins ----------------------------------------------
+
+    def alert(self, kind: str, message: str, **details: Any) -> None:
+        """Raise an administrator alert: logged, then ``on_alert`` for every plugin."""
+        log.error("alert %s: %s", kind, message)
+        self.hooks.call_each("on_alert", pacs=self, kind=kind, message=message, details=details)
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """A plugin's settings, validated by its schema (defaults filled in)."""
+        row = PluginState.get_or_none(PluginState.name == name)
+        stored = json.loads(row.settings) if row else {}
+        schema = self.hooks.settings_schema(name)
+        if schema is None:
+            return stored
+        try:
+            return schema.load(stored)
+        except ValidationError as exc:
+            log.error("stored settings of %s are invalid (%s): using defaults", name, exc)
+            return schema.load({})
+
+    def save_plugin_settings(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``changes`` with the plugin's schema and persist them."""
+        schema = self.hooks.settings_schema(name)
+        if schema is None:
+            raise ValidationError({"_schema": [f"plugin {name} has no settings"]})
+        row = PluginState.get_or_none(PluginState.name == name)
+        current = json.loads(row.settings) if row else {}
+        validated = schema.load({**current, **changes})
+        value = json.dumps(schema.dump(validated))
+        PluginState.insert(name=name, settings=value).on_conflict(
+            conflict_target=[PluginState.name], update={PluginState.settings: value}
+        ).execute()
+        return validated
+
+    def _persist_failure(self, failure: PluginFailure) -> None:
+        with connection():
+            PluginFailureRecord.create(
+                plugin=failure.plugin, hook=failure.hook, error=failure.error[:4000]
+            )
+
+
+def open_pacs(home: Path, load_plugins: bool = True) -> Pacs:
+    pacs = Pacs(Config.load(home))
+    pacs.prepare()
+    if load_plugins:
+        pacs.load_plugins()
+    return pacs

@@ -1,0 +1,442 @@
+"""The archive: store an instance (policy, disk, index, events) and delete one.
+
+Both the DICOM Storage SCP and ``pacscore import`` call :meth:`Archive.store`;
+a success means the file is fsynced and its index row committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from peewee import fn
+
+from pacscore.dicom import status
+from pacscore.dicom.header import Header, InvalidDicom, normalize_text, read_header
+from pacscore.models import (
+    Instance,
+    Patient,
+    Series,
+    Study,
+    TrashedFile,
+    utcnow,
+    write_transaction,
+)
+from pacscore.storage import StorageFolders, StorageFull, instance_relpath
+
+if TYPE_CHECKING:
+    from pacscore.app import Pacs
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"
+IMPLEMENTATION_VERSION = "PACSCORE_01"
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+@dataclass
+class IncomingInstance:
+    """What ``filter_store`` sees: the indexed header and where it comes from."""
+
+    header: Header
+    transfer_syntax: str
+    size: int
+    calling_ae: str
+    called_ae: str = ""
+    source: str = "dicom"
+
+
+@dataclass
+class StoredInstance:
+    """What ``on_store`` receives; ``path`` is the absolute path of the file."""
+
+    sop_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    modality: str
+    transfer_syntax: str
+    path: str
+    size: int
+    calling_ae: str
+    received_at: str
+
+
+@dataclass
+class DeletedInstance:
+    """What ``on_delete`` receives."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    reason: str
+
+
+@dataclass
+class StoreResult:
+    status: int
+    comment: str = ""
+    duplicate: bool = False
+    instance: StoredInstance | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == status.SUCCESS
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """File Meta Information (group 0002), explicit VR little endian, with its group length."""
+    body = b"".join(
+        [
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", sop_class_uid.encode()),
+            _element(0x0002, 0x0003, b"UI", sop_uid.encode()),
+            _element(0x0002, 0x0010, b"UI", transfer_syntax.encode()),
+            _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
+            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
+        ]
+        + ([_element(0x0002, 0x0016, b"AE", source_ae.encode())] if source_ae else [])
+    )
+    return _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _insert_or_get(model, unique_field, key: str, values: dict) -> tuple[int, bool]:
+    """Insert a row unless its unique key exists; return (id, created)."""
+    row = model.select(model.id).where(unique_field == key).tuples().first()
+    if row:
+        return row[0], False
+    inserted = list(
+        model.insert({unique_field: key, **values})
+        .on_conflict_ignore()
+        .returning(model.id)
+        .tuples()
+        .execute()
+    )
+    if inserted:
+        return inserted[0][0], True
+    return model.select(model.id).where(unique_field == key).scalar(), False
+
+
+class Archive:
+    def __init__(self, pacs: Pacs) -> None:
+        self.pacs = pacs
+        self.folders = StorageFolders()
+
+    # -- storing -------------------------------------------------------------
+
+    def store(
+        self,
+        data: bytes,
+        transfer_syntax: str,
+        calling_ae: str = "",
+        called_ae: str = "",
+        source: str = "dicom",
+    ) -> StoreResult:
+        """Store one data set (the bytes after the file meta), exactly as received."""
+        try:
+            header = read_header(data, transfer_syntax)
+        except InvalidDicom as exc:
+            return StoreResult(status.CANNOT_UNDERSTAND, str(exc))
+        meta = encode_file_meta(header.sop_class_uid, header.sop_uid, transfer_syntax, calling_ae)
+        size = len(PREAMBLE) + len(meta) + len(data)
+        incoming = IncomingInstance(header, transfer_syntax, size, calling_ae, called_ae, source)
+
+        refusal = self.pacs.hooks.call_first("filter_store", pacs=self.pacs, instance=incoming)
+        if refusal:
+            log.warning("refused %s from %s: %s", header.sop_uid, calling_ae or source, refusal)
+            return StoreResult(status.REFUSED_BY_FILTER, str(refusal)[:64])
+
+        overwrite = self.pacs.settings.core["overwrite_duplicates"]
+        if not overwrite and Instance.select().where(Instance.sop_uid == header.sop_uid).exists():
+            return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
+
+        try:
+            storage = self.folders.choose(size)
+        except StorageFull as exc:
+            self.pacs.alert("storage_full", str(exc), sop_uid=header.sop_uid, size=size)
+            return StoreResult(status.OUT_OF_RESOURCES, "out of storage space")
+
+        relpath = instance_relpath(header.sop_uid)
+        try:
+            part = self.folders.write_incoming(storage, relpath, (PREAMBLE, meta, data))
+        except OSError as exc:
+            self.pacs.alert(
+                "file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name
+            )
+            return StoreResult(status.OUT_OF_RESOURCES, "cannot write the file")
+
+        try:
+            stored = self._index(header, incoming, storage, relpath, overwrite)
+        except Exception as exc:
+            part.unlink(missing_ok=True)
+            log.exception("indexing %s failed", header.sop_uid)
+            self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
+            return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
+        if stored is None:
+            part.unlink(missing_ok=True)
+            return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
+
+        self.folders.publish(part, storage, relpath)
+        self.pacs.outbox.wake()
+        return StoreResult(status.SUCCESS, instance=stored)
+
+    def _index(self, h: Header, incoming: IncomingInstance, storage, relpath: str, overwrite: bool):
+        now = utcnow()
+        with write_transaction():
+            existing = Instance.get_or_none(Instance.sop_uid == h.sop_uid)
+            if existing is not None:
+                if not overwrite:
+                    return None
+                self._remove_rows([existing], trash=existing.storage_id != storage.id)
+            patient_id, _ = _insert_or_get(
+                Patient,
+                Patient.patient_id,
+                h.patient_id,
+                {
+                    "patient_name": h.patient_name,
+                    "name_key": normalize_text(h.patient_name),
+                    "birth_date": h.birth_date[:8],
+                    "sex": h.sex[:16],
+                },
+            )
+            study_id, _ = _insert_or_get(
+                Study,
+                Study.study_uid,
+                h.study_uid,
+                {
+                    "patient": patient_id,
+                    "study_date": h.study_date[:8],
+                    "study_time": h.study_time[:16],
+                    "accession_number": h.accession_number[:64],
+                    "study_id": h.study_id[:64],
+                    "description": h.study_description[:324],
+                    "referring_physician": h.referring_physician[:324],
+                    "institution": h.institution[:324],
+                    "requesting_service": h.requesting_service[:324],
+                    "first_received": now,
+                },
+            )
+            series_id, new_series = _insert_or_get(
+                Series,
+                Series.series_uid,
+                h.series_uid,
+                {
+                    "study": study_id,
+                    "modality": h.modality[:16],
+                    "series_number": h.series_number[:12],
+                    "description": h.series_description[:324],
+                    "body_part": h.body_part[:64],
+                    "station_name": h.station_name[:64],
+                    "series_date": h.series_date[:8],
+                    "series_time": h.series_time[:16],
+                    "first_received": now,
+                },
+            )
+            Instance.insert(
+                sop_uid=h.sop_uid,
+                series=series_id,
+                sop_class_uid=h.sop_class_uid,
+                instance_number=h.instance_number[:12],
+                transfer_syntax=incoming.transfer_syntax,
+                storage=storage.id,
+                path=relpath,
+                size=incoming.size,
+                received_at=now,
+                calling_ae=incoming.calling_ae[:16],
+            ).execute()
+            Series.update(
+                num_instances=Series.num_instances + 1,
+                size=Series.size + incoming.size,
+                last_received=now,
+            ).where(Series.id == series_id).execute()
+            study_changes = {
+                Study.num_instances: Study.num_instances + 1,
+                Study.size: Study.size + incoming.size,
+                Study.last_received: now,
+                Study.stable: False,
+            }
+            if new_series:
+                study_changes[Study.num_series] = Study.num_series + 1
+                modalities = Study.select(Study.modalities).where(Study.id == study_id).scalar()
+                token = f"\\{h.modality}\\"
+                if h.modality and token not in (modalities or ""):
+                    study_changes[Study.modalities] = (modalities or "\\") + h.modality + "\\"
+            Study.update(study_changes).where(Study.id == study_id).execute()
+            stored = StoredInstance(
+                sop_uid=h.sop_uid,
+                sop_class_uid=h.sop_class_uid,
+                series_uid=h.series_uid,
+                study_uid=h.study_uid,
+                patient_id=h.patient_id,
+                modality=h.modality,
+                transfer_syntax=incoming.transfer_syntax,
+                path=str(self.folders.absolute(storage, relpath)),
+                size=incoming.size,
+                calling_ae=incoming.calling_ae,
+                received_at=now.isoformat(),
+            )
+            self.pacs.outbox.enqueue("on_store", instance=stored)
+        return stored
+
+    def index_existing(self, header: Header, transfer_syntax: str, storage, relpath: str):
+        """Index a file already in a storage folder (reindex); None if already indexed."""
+        size = self.folders.absolute(storage, relpath).stat().st_size
+        incoming = IncomingInstance(header, transfer_syntax, size, "", source="reindex")
+        return self._index(header, incoming, storage, relpath, overwrite=False)
+
+    # -- reading -------------------------------------------------------------
+
+    def path_of(self, instance: Instance) -> Path:
+        return self.folders.absolute(self.folders.by_id(instance.storage_id), instance.path)
+
+    def study_patient_id(self, study_uid: str) -> str | None:
+        """The PatientID already indexed for a study, or None for a new study."""
+        return (
+            Patient.select(Patient.patient_id)
+            .join(Study)
+            .where(Study.study_uid == study_uid)
+            .scalar()
+        )
+
+    # -- deleting ------------------------------------------------------------
+
+    def delete(self, instances, reason: str, unlink: bool = True) -> int:
+        """Delete instances (a query or list of :class:`Instance`) with their files.
+
+        Index rows go first, in one transaction that also records the files to
+        unlink (``TrashedFile``) and the ``on_delete`` events; the files are
+        unlinked after the commit.  A crash in between leaves trash that the
+        next start empties: never a row without a file nor a file without a row.
+        ``unlink=False`` only forgets rows whose file is already gone.
+        """
+        rows = list(instances)
+        if not rows:
+            return 0
+        with write_transaction():
+            for row in rows:
+                series = Series.get_by_id(row.series_id)
+                study = Study.get_by_id(series.study_id)
+                self.pacs.outbox.enqueue(
+                    "on_delete",
+                    instance=DeletedInstance(
+                        row.sop_uid,
+                        series.series_uid,
+                        study.study_uid,
+                        Patient.get_by_id(study.patient_id).patient_id,
+                        reason,
+                    ),
+                )
+            self._remove_rows(rows, trash=unlink)
+        self.empty_trash()
+        self.pacs.outbox.wake()
+        return len(rows)
+
+    def _remove_rows(self, rows: list[Instance], trash: bool) -> None:
+        """Delete instance rows, refresh counters and drop emptied parents (in a transaction)."""
+        series_ids = {row.series_id for row in rows}
+        for row in rows:
+            if trash:
+                TrashedFile.create(storage=row.storage_id, path=row.path)
+            row.delete_instance()
+        study_ids = {
+            s.study_id for s in Series.select(Series.study).where(Series.id.in_(series_ids))
+        }
+        for series_id in series_ids:
+            count, size = (
+                Instance.select(fn.COUNT(Instance.id), fn.COALESCE(fn.SUM(Instance.size), 0))
+                .where(Instance.series == series_id)
+                .tuples()
+                .first()
+            )
+            if count:
+                Series.update(num_instances=count, size=size).where(
+                    Series.id == series_id
+                ).execute()
+            else:
+                Series.delete().where(Series.id == series_id).execute()
+        patient_ids = {
+            s.patient_id for s in Study.select(Study.patient).where(Study.id.in_(study_ids))
+        }
+        for study_id in study_ids:
+            self._refresh_study(study_id)
+        for patient_id in patient_ids:
+            if not Study.select().where(Study.patient == patient_id).exists():
+                Patient.delete().where(Patient.id == patient_id).execute()
+
+    @staticmethod
+    def _refresh_study(study_id: int) -> None:
+        series = list(
+            Series.select(Series.modality, Series.num_instances, Series.size).where(
+                Series.study == study_id
+            )
+        )
+        if not series:
+            Study.delete().where(Study.id == study_id).execute()
+            return
+        modalities = sorted({s.modality for s in series if s.modality})
+        Study.update(
+            num_series=len(series),
+            num_instances=sum(s.num_instances for s in series),
+            size=sum(s.size for s in series),
+            modalities=("\\" + "\\".join(modalities) + "\\") if modalities else "",
+        ).where(Study.id == study_id).execute()
+
+    def empty_trash(self) -> int:
+        removed = 0
+        for item in TrashedFile.select():
+            stored_again = (
+                Instance.select()
+                .where((Instance.storage == item.storage_id) & (Instance.path == item.path))
+                .exists()
+            )
+            try:
+                if not stored_again:
+                    storage = self.folders.by_id(item.storage_id)
+                    self.folders.absolute(storage, item.path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot remove %s: %s", item.path, exc)
+                continue
+            item.delete_instance()
+            removed += 1
+        return removed
+
+
+def read_part10(fp: BinaryIO) -> tuple[bytes, str]:
+    """Split a Part 10 stream into (data set bytes, transfer syntax) without decoding it."""
+    from pydicom.filereader import (  # the only reader that leaves fp after the meta
+        _read_file_meta_info,
+        read_preamble,
+    )
+
+    try:
+        if read_preamble(fp, force=False) is None:
+            raise InvalidDicom("no DICOM preamble")
+        meta = _read_file_meta_info(fp)
+    except InvalidDicom:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
+        raise InvalidDicom(f"unreadable file meta information: {exc}") from exc
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise InvalidDicom("file meta information has no Transfer Syntax UID")
+    return fp.read(), str(ts)
+
+
+def read_dicom_file(path: Path) -> tuple[bytes, str]:
+    with open(path, "rb") as fp:
+        return read_part10(fp)

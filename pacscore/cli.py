@@ -1,0 +1,484 @@
+"""The ``pacscore`` command line.
+
+``pacscore [--home DIR] COMMAND``; the home defaults to ``$PACSCORE_HOME``,
+else ``./pacscore-home``.  Every command exits non-zero with a message on
+stderr when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from marshmallow import ValidationError
+
+from pacscore.config import (
+    CORE_SETTINGS,
+    Config,
+    coerce_for_schema,
+    default_home,
+    parse_assignment,
+)
+from pacscore.models import (
+    Node,
+    PluginFailureRecord,
+    PluginState,
+    Storage,
+    bind_database,
+    connection,
+    create_tables,
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``error: ...`` with exit status 1."""
+
+
+def _open(args, load_plugins: bool = True):
+    from pacscore.app import open_pacs
+
+    try:
+        return open_pacs(args.home, load_plugins=load_plugins)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+# -- init / serve ---------------------------------------------------------------
+
+
+def cmd_init(args) -> int:
+    from pacscore.users import ensure_admin
+
+    home: Path = args.home
+    try:
+        config = Config.load(home)
+    except FileNotFoundError:
+        config = Config(home=home)
+    if args.db:
+        config.db_url = args.db
+    if args.aet:
+        config.aet = args.aet
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "storage").mkdir(exist_ok=True)
+    try:
+        bind_database(config.db_url, home)
+        create_tables()
+    except Exception as exc:  # noqa: BLE001 - any driver error is a bad URL or server
+        raise CommandError(f"cannot open database {config.db_url}: {exc}") from exc
+    config.save()
+    pacs = _open(args, load_plugins=False)
+    with connection():
+        if args.admin_password:
+            ensure_admin(args.admin_password)
+        storages = [s.path for s in Storage.select()]
+    print(f"pacscore home ready: {home}")
+    print(f"  database: {pacs.config.db_url}")
+    print(f"  storage:  {', '.join(storages)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pacscore.server import serve
+
+    pacs = _open(args)
+    config = pacs.config
+    for name in ("host", "aet", "dicom_port", "http_port", "hl7_port"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    serve(pacs)
+    return 0
+
+
+# -- import / reindex -----------------------------------------------------------
+
+
+def cmd_import(args) -> int:
+    from pacscore.importer import import_paths
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise CommandError(f"no such file or folder: {', '.join(missing)}")
+    pacs = _open(args)
+    report = import_paths(pacs, args.paths, progress=not args.quiet)
+    print(f"imported: {report.imported}")
+    print(f"duplicates: {report.duplicates}")
+    print(f"rejected: {len(report.rejected)}")
+    for path, reason in report.rejected:
+        print(f"  {path}: {reason}")
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    from pacscore.importer import check_index, reindex
+
+    pacs = _open(args)
+    if args.check:
+        check = check_index(pacs)
+        for path in check.missing_files:
+            print(f"indexed but missing: {path}")
+        for path in check.unindexed_files:
+            print(f"on disk but not indexed: {path}")
+        print(
+            f"missing files: {len(check.missing_files)}, "
+            f"unindexed files: {len(check.unindexed_files)}"
+        )
+        return 0 if check.consistent else 1
+    added, removed = reindex(pacs)
+    print(f"indexed: {added}, removed rows without file: {removed}")
+    return 0
+
+
+# -- nodes ------------------------------------------------------------------------
+
+
+def _parse_rights(text: str) -> set[str]:
+    rights = {r.strip() for r in text.split(",") if r.strip()}
+    unknown = rights - set(Node.RIGHTS)
+    if unknown:
+        raise CommandError(
+            f"unknown right(s) {', '.join(sorted(unknown))}; choose from {', '.join(Node.RIGHTS)}"
+        )
+    return rights
+
+
+def cmd_node_add(args) -> int:
+    rights = _parse_rights(args.allow)
+    if not 0 < args.port < 65536:
+        raise CommandError(f"invalid port {args.port}")
+    if not 0 < len(args.aet) <= 16:
+        raise CommandError("an AE title has 1 to 16 characters")
+    _open(args, load_plugins=False)
+    with connection():
+        if Node.select().where(Node.name == args.name).exists():
+            raise CommandError(f"a node named {args.name!r} already exists")
+        Node.create(
+            name=args.name,
+            aet=args.aet,
+            host=args.host,
+            port=args.port,
+            **{f"allow_{r}": r in rights for r in Node.RIGHTS},
+        )
+    print(f"node {args.name} added ({args.aet}@{args.host}:{args.port})")
+    return 0
+
+
+def cmd_node_list(args) -> int:
+    _open(args, load_plugins=False)
+    with connection():
+        nodes = list(Node.select().order_by(Node.name))
+    if not nodes:
+        print("no node declared")
+    for node in nodes:
+        state = "" if node.enabled else " (disabled)"
+        print(
+            f"{node.name}\t{node.aet}\t{node.host}:{node.port}\t"
+            f"allow={','.join(node.rights()) or '-'}{state}"
+        )
+    return 0
+
+
+def cmd_node_remove(args) -> int:
+    _open(args, load_plugins=False)
+    with connection():
+        if not Node.delete().where(Node.name == args.name).execute():
+            raise CommandError(f"no node named {args.name!r}")
+    print(f"node {args.name} removed")
+    return 0
+
+
+def cmd_echo(args) -> int:
+    from pacscore.dicom.scu import EchoFailed, echo
+
+    pacs = _open(args, load_plugins=False)
+    with connection():
+        node = Node.get_or_none(Node.name == args.node)
+    if node is None:
+        raise CommandError(f"no node named {args.node!r}")
+    try:
+        elapsed = echo(node, pacs.config.aet, timeout=args.timeout)
+    except EchoFailed as exc:
+        raise CommandError(f"C-ECHO to {node.name} failed: {exc}") from exc
+    print(f"C-ECHO {node.name} ({node.aet}@{node.host}:{node.port}): success in {elapsed:.1f} ms")
+    return 0
+
+
+# -- plugins -------------------------------------------------------------------------
+
+
+def cmd_plugins_list(args) -> int:
+    pacs = _open(args)
+    with connection():
+        for info in pacs.hooks.list():
+            line = f"{info.name}\t{info.version}\t{'enabled' if info.enabled else 'disabled'}"
+            line += f"\t{info.state}"
+            if info.error:
+                line += f": {info.error}"
+            print(line)
+        recent = (
+            PluginFailureRecord.select()
+            .where(PluginFailureRecord.hook != "load")
+            .order_by(PluginFailureRecord.id.desc())
+            .limit(10)
+        )
+        for failure in recent:
+            print(
+                f"  failure {failure.at:%Y-%m-%d %H:%M:%S} {failure.plugin}.{failure.hook}: "
+                f"{failure.error.splitlines()[-1] if failure.error else ''}"
+            )
+    return 0
+
+
+def _set_plugin_enabled(args, enabled: bool) -> int:
+    pacs = _open(args)
+    if args.name not in {info.name for info in pacs.hooks.list() if not info.builtin}:
+        raise CommandError(f"no installed plugin named {args.name!r}")
+    with connection():
+        PluginState.insert(name=args.name, enabled=enabled).on_conflict(
+            conflict_target=[PluginState.name], update={PluginState.enabled: enabled}
+        ).execute()
+    print(f"plugin {args.name} {'enabled' if enabled else 'disabled'} (running servers: restart)")
+    return 0
+
+
+def cmd_plugins_configure(args) -> int:
+    pacs = _open(args)
+    schema = pacs.hooks.settings_schema(args.name)
+    if schema is None:
+        raise CommandError(f"plugin {args.name!r} is not loaded or has no settings")
+    with connection():
+        if args.set:
+            changes = {}
+            for assignment in args.set:
+                key, raw = parse_assignment(assignment)
+                changes[key] = coerce_for_schema(schema, key, raw)
+            pacs.save_plugin_settings(args.name, changes)
+        print(json.dumps(schema.dump(pacs.plugin_settings(args.name)), indent=2, default=str))
+    return 0
+
+
+# -- settings / storage -------------------------------------------------------------
+
+
+def cmd_settings(args) -> int:
+    pacs = _open(args, load_plugins=False)
+    with connection():
+        if args.set:
+            changes = {}
+            for assignment in args.set:
+                key, raw = parse_assignment(assignment)
+                changes[key] = coerce_for_schema(CORE_SETTINGS, key, raw)
+            pacs.settings.update_core(changes)
+        print(json.dumps(CORE_SETTINGS.dump(pacs.settings.core), indent=2))
+    return 0
+
+
+def cmd_storage_list(args) -> int:
+    from pacscore.storage import MB, free_bytes
+
+    _open(args, load_plugins=False)
+    with connection():
+        for storage in Storage.select().order_by(Storage.position, Storage.id):
+            try:
+                free = f"{free_bytes(Path(storage.path)) // MB} MB free"
+            except OSError as exc:
+                free = f"unavailable ({exc.strerror})"
+            print(
+                f"{storage.name}\t{storage.path}\t{'enabled' if storage.enabled else 'disabled'}"
+                f"\tlimit {storage.min_free_mb} MB\t{free}"
+            )
+    return 0
+
+
+def cmd_storage_add(args) -> int:
+    _open(args, load_plugins=False)
+    path = args.path.absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    with connection():
+        if Storage.select().where(Storage.name == args.name).exists():
+            raise CommandError(f"a storage named {args.name!r} already exists")
+        last = Storage.select().order_by(Storage.position.desc()).first()
+        Storage.create(
+            name=args.name,
+            path=str(path),
+            min_free_mb=args.min_free_mb,
+            position=(last.position + 1) if last else 0,
+        )
+    print(f"storage {args.name} added: {path}")
+    return 0
+
+
+def cmd_storage_set(args) -> int:
+    _open(args, load_plugins=False)
+    changes = {}
+    if args.min_free_mb is not None:
+        changes[Storage.min_free_mb] = args.min_free_mb
+    if args.enabled is not None:
+        changes[Storage.enabled] = args.enabled
+    if not changes:
+        raise CommandError("nothing to change: give --min-free-mb, --enable or --disable")
+    with connection():
+        if not Storage.update(changes).where(Storage.name == args.name).execute():
+            raise CommandError(f"no storage named {args.name!r}")
+    print(f"storage {args.name} updated")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacscore", description="A plugin-based, extensible PACS core."
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="home folder (default: $PACSCORE_HOME, else ./pacscore-home)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("init", help="create the home (config, database, storage)")
+    p.add_argument("--admin-password", help="password of the first administrator 'admin'")
+    p.add_argument("--db", help="database URL (default sqlite:///index.db in the home)")
+    p.add_argument("--aet", help="our AE title (default PACSCORE)")
+    p.set_defaults(func=cmd_init)
+
+    p = commands.add_parser("serve", help="run DICOM, HTTP and plugin listeners")
+    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--aet", help="our AE title (default PACSCORE)")
+    p.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    p.add_argument("--http-port", type=int, help="console and API port (default 8080)")
+    p.add_argument("--hl7-port", type=int, help="HL7 MLLP port for the hl7 plugin (default 2575)")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("import", help="import DICOM files and folders into the archive")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = commands.add_parser("reindex", help="rebuild the index from the storage folders")
+    p.add_argument("--check", action="store_true", help="only report inconsistencies (exit 1)")
+    p.set_defaults(func=cmd_reindex)
+
+    node = commands.add_parser("node", help="declared DICOM nodes").add_subparsers(
+        dest="node_command", metavar="ACTION", required=True
+    )
+    p = node.add_parser("add", help="declare a node")
+    p.add_argument("name")
+    p.add_argument("--aet", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument(
+        "--allow",
+        default="store",
+        help=f"comma-separated rights among {','.join(Node.RIGHTS)} (default store)",
+    )
+    p.set_defaults(func=cmd_node_add)
+    node.add_parser("list", help="list nodes").set_defaults(func=cmd_node_list)
+    p = node.add_parser("remove", help="remove a node")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_node_remove)
+
+    p = commands.add_parser("echo", help="C-ECHO a declared node")
+    p.add_argument("node")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_echo)
+
+    plugins = commands.add_parser("plugins", help="installed plugins").add_subparsers(
+        dest="plugins_command", metavar="ACTION", required=True
+    )
+    plugins.add_parser("list", help="list plugins and failures").set_defaults(func=cmd_plugins_list)
+    for action, enabled in (("enable", True), ("disable", False)):
+        p = plugins.add_parser(action, help=f"{action} a plugin")
+        p.add_argument("name")
+        p.set_defaults(func=lambda args, e=enabled: _set_plugin_enabled(args, e))
+    p = plugins.add_parser("configure", help="show or change a plugin's settings")
+    p.add_argument("name")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_plugins_configure)
+
+    p = commands.add_parser("settings", help="show or change the core settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_settings)
+
+    storage = commands.add_parser("storage", help="storage folders").add_subparsers(
+        dest="storage_command", metavar="ACTION", required=True
+    )
+    storage.add_parser("list", help="list storage folders").set_defaults(func=cmd_storage_list)
+    p = storage.add_parser("add", help="add a storage folder (used after the existing ones)")
+    p.add_argument("name")
+    p.add_argument("path", type=Path)
+    p.add_argument("--min-free-mb", type=_non_negative, default=2048)
+    p.set_defaults(func=cmd_storage_add)
+    p = storage.add_parser("set", help="change a storage folder")
+    p.add_argument("name")
+    p.add_argument("--min-free-mb", type=_non_negative)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    group.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    p.set_defaults(func=cmd_storage_set)
+    return parser
+
+
+def configure_logging(level: str, log_dir: Path | None = None) -> None:
+    from logging.handlers import RotatingFileHandler
+
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            RotatingFileHandler(log_dir / "pacscore.log", maxBytes=10 * 1024 * 1024, backupCount=5)
+        )
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+    )
+    # pynetdicom logs every PDU at INFO: keep its warnings only
+    logging.getLogger("pynetdicom").setLevel(
+        max(logging.WARNING, logging.getLevelName(level.upper()))
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.home = (args.home or default_home()).absolute()
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        parser.error(f"invalid --log-level {args.log_level}")
+    serving = args.command == "serve"
+    configure_logging(args.log_level, args.home / "logs" if serving else None)
+    if not serving:
+        logging.getLogger().setLevel(
+            max(logging.WARNING, logging.getLevelName(args.log_level.upper()))
+        )
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        print(f"error: invalid value: {json.dumps(exc.messages)}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The home folder, its bootstrap configuration file, and the run-time settings.
+
+The file ``pacscore.toml`` in the home holds only what is needed before the
+database can be opened (database URL, AE title, ports, secret key).  Every
+setting an administrator changes at run time lives in the database and is
+validated by :class:`CoreSettingsSchema`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+CONFIG_NAME = "pacscore.toml"
+DEFAULT_DB_URL = "sqlite:///index.db"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PACSCORE_HOME") or "pacscore-home").absolute()
+
+
+@dataclass
+class Config:
+    home: Path
+    db_url: str = DEFAULT_DB_URL
+    aet: str = "PACSCORE"
+    host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    http_port: int = 8080
+    hl7_port: int = 2575
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    @property
+    def path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @classmethod
+    def load(cls, home: Path) -> Config:
+        path = home / CONFIG_NAME
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{home} is not a pacscore home (no {CONFIG_NAME}); run 'pacscore init' first"
+            )
+        data = tomllib.loads(path.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "home"}
+        return cls(home=home, **known)
+
+    def save(self) -> None:
+        lines = ["# pacscore bootstrap configuration; run-time settings live in the database"]
+        for key, value in asdict(self).items():
+            if key == "home":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.path)
+
+
+class CoreSettingsSchema(Schema):
+    """Run-time settings of the core, editable by administrators."""
+
+    study_stable_seconds = fields.Integer(
+        load_default=60, validate=validate.Range(min=1), metadata={"help": "quiet time"}
+    )
+    accept_empty_patient_id = fields.Boolean(load_default=True)
+    accept_empty_patient_name = fields.Boolean(load_default=True)
+    refuse_patient_id_mismatch = fields.Boolean(
+        load_default=True,
+        metadata={"help": "refuse an instance whose PatientID differs from its study's"},
+    )
+    store_from_declared_nodes_only = fields.Boolean(load_default=False)
+    overwrite_duplicates = fields.Boolean(load_default=False)
+    max_find_results = fields.Integer(load_default=10000, validate=validate.Range(min=1))
+    low_disk_alert_mb = fields.Integer(load_default=4096, validate=validate.Range(min=0))
+
+
+CORE_SETTINGS = CoreSettingsSchema()
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def coerce_for_schema(schema: Schema, key: str, raw: str) -> Any:
+    """Turn a command-line string into the JSON value a schema field expects."""
+    if key not in schema.fields:
+        raise ValidationError({key: ["Unknown field."]})
+    field_obj = schema.fields[key]
+    if isinstance(field_obj, fields.Boolean | fields.Integer | fields.Float | fields.List):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw

@@ -1,0 +1,60 @@
+"""Per-node rights for query and retrieve, checked before any handler runs.
+
+pynetdicom calls the bound handler only after it has committed to a
+response shape (a C-MOVE handler must first yield a destination), so a
+refusal could not carry the right status from there.  A small subclass of
+its Query/Retrieve service class checks the calling AE first and answers
+``0x0124 Refused: Not authorized`` with an Error Comment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pynetdicom import association
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from pacscore.dicom import status
+
+log = logging.getLogger(__name__)
+
+RIGHT_BY_REQUEST = {C_FIND: "find", C_MOVE: "move", C_GET: "get"}
+
+
+def refusal_response(req, comment: str):
+    rsp = type(req)()
+    rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rsp.Status = status.NOT_AUTHORIZED
+    rsp.ErrorComment = comment[:64]
+    return rsp
+
+
+class GuardedQueryRetrieveServiceClass(QueryRetrieveServiceClass):
+    """Query/Retrieve that refuses calling AEs without the matching node right."""
+
+    def SCP(self, req, context) -> None:  # noqa: N802 - pynetdicom's name
+        pacs = getattr(self.assoc.ae, "pacs", None)
+        right = RIGHT_BY_REQUEST.get(type(req))
+        aet = self.assoc.requestor.ae_title
+        if pacs is not None and right and not pacs.nodes.allows(aet, right):
+            log.warning(
+                "refused C-%s from %s: not a declared node with that right", right.upper(), aet
+            )
+            self.dimse.send_msg(refusal_response(req, f"{aet} may not {right}"), context.context_id)
+            return
+        super().SCP(req, context)
+
+
+def _guarded_service_class(uid):
+    service_class = uid_to_service_class(uid)
+    if service_class is QueryRetrieveServiceClass:
+        return GuardedQueryRetrieveServiceClass
+    return service_class
+
+
+def install() -> None:
+    """Route Query/Retrieve requests through the guarded service class."""
+    association.uid_to_service_class = _guarded_service_class

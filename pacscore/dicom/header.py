@@ -1,0 +1,150 @@
+"""Read the few header attributes the index needs, without decoding the rest.
+
+The data set bytes received over the network are parsed only up to group
+0x0032 and only for the tags below; pixel data and later groups are never
+touched, and the bytes written to disk are the bytes received.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import zlib
+from dataclasses import dataclass, fields
+from io import BytesIO
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+# keyword of each Header field, in tag order
+HEADER_KEYWORDS = {
+    "charset": "SpecificCharacterSet",
+    "sop_class_uid": "SOPClassUID",
+    "sop_uid": "SOPInstanceUID",
+    "study_date": "StudyDate",
+    "series_date": "SeriesDate",
+    "study_time": "StudyTime",
+    "series_time": "SeriesTime",
+    "accession_number": "AccessionNumber",
+    "modality": "Modality",
+    "institution": "InstitutionName",
+    "referring_physician": "ReferringPhysicianName",
+    "station_name": "StationName",
+    "study_description": "StudyDescription",
+    "series_description": "SeriesDescription",
+    "patient_name": "PatientName",
+    "patient_id": "PatientID",
+    "birth_date": "PatientBirthDate",
+    "sex": "PatientSex",
+    "body_part": "BodyPartExamined",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "study_id": "StudyID",
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "requesting_service": "RequestingService",
+}
+_TAGS = [Tag(kw) for kw in HEADER_KEYWORDS.values()]
+_LAST_GROUP = 0x0032
+# a deflated header never needs more than this once inflated
+_MAX_INFLATED = 8 * 1024 * 1024
+
+
+class InvalidDicom(ValueError):
+    """The bytes are not a DICOM data set we can index."""
+
+
+@dataclass
+class Header:
+    charset: str = ""
+    sop_class_uid: str = ""
+    sop_uid: str = ""
+    study_date: str = ""
+    series_date: str = ""
+    study_time: str = ""
+    series_time: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    institution: str = ""
+    referring_physician: str = ""
+    station_name: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    body_part: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    study_id: str = ""
+    series_number: str = ""
+    instance_number: str = ""
+    requesting_service: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def normalize_text(value: str) -> str:
+    """Upper-case and strip accents: the key used for case/accent-insensitive matching."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def _text(element: DataElement | None) -> str:
+    if element is None or element.value is None:
+        return ""
+    value = element.value
+    if isinstance(value, MultiValue | list):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _stop_after_index_groups(tag, vr, length) -> bool:
+    return tag.group > _LAST_GROUP
+
+
+def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    ts = UID(transfer_syntax)
+    if not ts.is_transfer_syntax:
+        raise InvalidDicom(f"unknown transfer syntax {transfer_syntax}")
+    if ts.is_deflated:
+        try:
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, _MAX_INFLATED)
+        except zlib.error as exc:
+            raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
+    try:
+        return read_dataset(
+            BytesIO(data),
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=_stop_after_index_groups,
+            specific_tags=_TAGS,
+        )
+    except (RecursionError, MemoryError) as exc:
+        raise InvalidDicom("data set nested too deeply or too large") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad input
+        raise InvalidDicom(f"cannot parse data set: {exc}") from exc
+
+
+def read_header(data: bytes, transfer_syntax: str) -> Header:
+    ds = parse_dataset(data, transfer_syntax)
+    header = Header()
+    try:
+        for name, keyword in HEADER_KEYWORDS.items():
+            if keyword in ds:
+                setattr(header, name, _text(ds[keyword]))
+    except Exception as exc:  # noqa: BLE001 - value conversion of malformed elements
+        raise InvalidDicom(f"cannot decode header attribute: {exc}") from exc
+    if not header.sop_uid or not header.study_uid or not header.series_uid:
+        raise InvalidDicom("missing SOP Instance, Study or Series Instance UID")
+    for uid in (header.sop_uid, header.study_uid, header.series_uid, header.sop_class_uid):
+        if len(uid) > 64:
+            raise InvalidDicom(f"UID longer than 64 characters: {uid[:80]!r}")
+    if len(header.patient_id) > 64:
+        raise InvalidDicom("PatientID longer than 64 characters")
+    return header

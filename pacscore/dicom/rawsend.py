@@ -1,0 +1,58 @@
+"""Send stored instances byte for byte.
+
+pynetdicom's C-MOVE/C-GET machinery wants a :class:`Dataset` from the
+handler and re-encodes it, which drops trailing padding and normalises
+some encodings.  :class:`StoredFileDataset` carries the data set bytes read
+from disk; the patched ``encode`` returns them unchanged whenever the
+negotiated transfer syntax has the stored encoding, and decodes/re-encodes
+only when the peer asked for another uncompressed syntax.
+"""
+
+from __future__ import annotations
+
+import zlib
+from io import BytesIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
+from pynetdicom import association
+
+_pynetdicom_encode = association.encode
+
+
+class StoredFileDataset(Dataset):
+    def __init__(self, data: bytes, transfer_syntax: str, sop_class_uid: str, sop_uid: str):
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = transfer_syntax
+        self._stored_bytes = data
+
+    def _decoded(self) -> Dataset:
+        ts = UID(self.file_meta.TransferSyntaxUID)
+        data = self._stored_bytes
+        if ts.is_deflated:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        return read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+
+    def encoded_as(self, implicit_vr: bool, little_endian: bool, deflated: bool) -> bytes | None:
+        ts = UID(self.file_meta.TransferSyntaxUID)
+        if (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated) == (
+            implicit_vr,
+            little_endian,
+            deflated,
+        ):
+            return self._stored_bytes
+        return _pynetdicom_encode(self._decoded(), implicit_vr, little_endian, deflated)
+
+
+def _encode(ds, is_implicit_vr, is_little_endian, deflated=False):
+    if isinstance(ds, StoredFileDataset):
+        return ds.encoded_as(is_implicit_vr, is_little_endian, deflated)
+    return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+def install() -> None:
+    association.encode = _encode

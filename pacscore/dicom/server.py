@@ -1,0 +1,72 @@
+"""The DICOM listener: one AE title, every storage SOP class, Q/R and echo."""
+
+from __future__ import annotations
+
+import logging
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacscore.dicom import access, rawsend
+from pacscore.dicom.find import handle_find
+from pacscore.dicom.retrieve import handle_get, handle_move
+from pacscore.dicom.store import handle_store
+
+log = logging.getLogger(__name__)
+
+QUERY_RETRIEVE = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+# what we receive per PDU: large enough to read big instances in few reads
+MAX_PDU = 128 * 1024
+
+
+def build_ae(pacs) -> AE:
+    ae = AE(ae_title=pacs.config.aet)
+    ae.pacs = pacs  # read by the guarded Query/Retrieve service class
+    ae.maximum_pdu_size = MAX_PDU
+    ae.maximum_associations = 64
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 120
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # scp_role for C-GET: the peer is the Storage SCP on the same association
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(
+            context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+        )
+    for sop_class in QUERY_RETRIEVE:
+        ae.add_supported_context(sop_class)
+    return ae
+
+
+def handlers(pacs) -> list:
+    return [
+        (evt.EVT_C_STORE, handle_store, [pacs]),
+        (evt.EVT_C_FIND, handle_find, [pacs]),
+        (evt.EVT_C_MOVE, handle_move, [pacs]),
+        (evt.EVT_C_GET, handle_get, [pacs]),
+    ]
+
+
+def start_dicom_server(pacs, host: str, port: int):
+    """Start listening in background threads; returns the pynetdicom server."""
+    access.install()
+    rawsend.install()
+    ae = build_ae(pacs)
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers(pacs))
+    log.info("DICOM listening on %s:%d as %s", host, port, pacs.config.aet)
+    return server

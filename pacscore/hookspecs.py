@@ -1,0 +1,239 @@
+"""Every hook pacscore offers to plugins, declared once.
+
+Each docstring is the contract: when the hook fires, in which thread, what it
+may return and what happens when an implementation raises.  Implement a hook
+with ``@pacscore.hookimpl`` on a function or method of the same name; declare
+only the arguments you use (pluggy passes them by name).
+
+Unless said otherwise, the core calls every implementation of a hook *in
+isolation*: an exception in one plugin is logged and recorded (plugin, hook,
+error, time; see ``pacscore plugins list``) and the other plugins are still
+called.  A plugin never breaks a DICOM association or loses data by raising.
+
+Arguments common to many hooks:
+
+``pacs``
+    The running :class:`pacscore.app.Pacs` (configuration, settings, archive,
+    plugin host).  It is the public core API available to plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    import flask
+    import marshmallow
+
+    from pacscore.app import Pacs
+    from pacscore.archive import DeletedInstance, IncomingInstance, StoredInstance
+    from pacscore.scheduler import PeriodicTask
+
+hookspec = pluggy.HookspecMarker("pacscore")
+hookimpl = pluggy.HookimplMarker("pacscore")
+
+
+# --- lifecycle -------------------------------------------------------------
+
+
+@hookspec
+def on_startup(pacs: Pacs) -> None:
+    """The server has started its listeners (``pacscore serve``).
+
+    Fires once, in the main thread, after the DICOM listener is up and before
+    the process waits for a signal.  Use it to start a plugin's own listener
+    (for instance an HL7 MLLP server on ``pacs.config.hl7_port``).  Return
+    nothing.  An exception is recorded; the server keeps running.
+    """
+
+
+@hookspec
+def on_shutdown(pacs: Pacs) -> None:
+    """The server is stopping (SIGTERM/SIGINT).
+
+    Fires once in the main thread, before the listeners close.  Stop threads
+    and close connections the plugin opened in ``on_startup``.  An exception
+    is recorded and shutdown goes on.
+    """
+
+
+# --- settings --------------------------------------------------------------
+
+
+@hookspec
+def settings_schema() -> marshmallow.Schema | None:
+    """Return a marshmallow schema (instance) describing the plugin's settings.
+
+    Called when the plugin is loaded and whenever its settings are read or
+    written.  Every field should have a ``load_default`` so that a plugin works
+    before an administrator saves anything.  The console builds the settings
+    form from it and ``pacscore plugins configure`` validates against it;
+    values are stored in the database and read with
+    ``pacs.plugin_settings(name)``.  Return ``None`` (or do not implement) if
+    the plugin has no settings.  An exception makes the plugin's settings
+    unavailable and is recorded.
+    """
+
+
+# --- storage -----------------------------------------------------------------
+
+
+@hookspec
+def filter_store(pacs: Pacs, instance: IncomingInstance) -> str | None:
+    """Decide whether an incoming instance may be stored, before it is written.
+
+    Fires in the thread that received the instance (a DICOM association
+    thread, or the ``pacscore import`` process) for every instance, after its
+    header has been read and before anything touches the disk.  Keep it fast:
+    the sender waits.  Return ``None`` to accept, or a short reason (``str``)
+    to refuse; a refusal becomes a C-STORE failure status ``0xC001`` whose
+    Error Comment is the reason, and the instance is not stored.  All
+    implementations are asked; the first refusal wins.  An implementation
+    that raises is recorded and counts as "accept" (refusing on a bug would
+    lose images).
+    """
+
+
+@hookspec
+def on_store(pacs: Pacs, instance: StoredInstance) -> None:
+    """An instance was stored: its file is durable and its index row committed.
+
+    Fires in the dispatcher thread, never in the association thread, so a
+    slow plugin does not delay a C-STORE response.  Delivery is *at least
+    once*: the event is written to an outbox table in the same transaction as
+    the index row and removed only after every implementation has been
+    called, so an event in flight when the process dies is delivered again
+    at the next start.  Implementations must therefore be idempotent.  Return
+    nothing.  An exception is recorded and does not cause a redelivery.
+    """
+
+
+@hookspec
+def on_study_stable(pacs: Pacs, study_uid: str, patient_id: str, num_instances: int) -> None:
+    """No new instance arrived for a study during ``study_stable_seconds``.
+
+    Fires in the dispatcher thread, once per quiet period: a study that
+    receives new instances later becomes unstable again and fires again.
+    Delivery is at least once (the stable flag is committed after the call).
+    Return nothing; exceptions are recorded.
+    """
+
+
+@hookspec
+def on_delete(pacs: Pacs, instance: DeletedInstance) -> None:
+    """An instance was removed from the archive (index row and file).
+
+    Fires in the dispatcher thread after the deletion committed, at least
+    once, through the same outbox as ``on_store``.  ``instance.reason`` says
+    why (``"user"``, a purge rule, ...).  Return nothing; exceptions are
+    recorded.
+    """
+
+
+@hookspec
+def on_alert(pacs: Pacs, kind: str, message: str, details: dict[str, Any]) -> None:
+    """Something an administrator must know about happened.
+
+    ``kind`` is one of ``storage_full`` (no storage folder can take a new
+    file), ``low_disk_space`` (free space under a folder's limit),
+    ``file_save_error`` (writing or indexing a file failed) or a
+    plugin-defined kind.  Fires in the thread that noticed the problem;
+    implementations must return quickly (queue a mail job, do not send it
+    inline).  Return nothing; exceptions are recorded.
+    """
+
+
+# --- scheduled work ----------------------------------------------------------
+
+
+@hookspec
+def periodic_tasks(pacs: Pacs) -> list[PeriodicTask] | None:
+    """Return the periodic tasks the plugin wants run.
+
+    Called once at server start.  Each :class:`pacscore.scheduler.PeriodicTask`
+    names a function and an interval in seconds; the scheduler thread calls
+    ``task.func(pacs)`` every interval (the first call one interval after
+    start).  Tasks of all plugins share the scheduler thread: a long task
+    should enqueue work rather than do it inline.  A task that raises is
+    recorded and called again at its next interval.
+    """
+
+
+# --- worklist, users, console (fired by later capabilities) -------------------
+
+
+@hookspec
+def on_worklist_change(
+    pacs: Pacs, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> None:
+    """A Modality Worklist entry was created, updated or changed status.
+
+    ``before`` is ``None`` on creation and ``after`` is ``None`` on deletion;
+    otherwise both are the entry's state as plain dicts (requested procedure
+    with its scheduled procedure steps).  Fires in the dispatcher thread, at
+    least once.  Return nothing; exceptions are recorded.
+    """
+
+
+@hookspec
+def on_login(pacs: Pacs, login: str, success: bool, method: str, source_ip: str) -> None:
+    """A login was attempted on the console or the API, successful or not.
+
+    ``method`` is ``"local"``, ``"token"``, ``"basic"`` or the name a plugin
+    gave in ``authenticate``.  Fires in the web request thread after the
+    decision; keep it fast.  Return nothing; exceptions are recorded.
+    """
+
+
+@hookspec(firstresult=True)
+def authenticate(pacs: Pacs, login: str, password: str) -> dict[str, Any] | None:
+    """Accept or refuse credentials before the local password check.
+
+    firstresult: the first implementation returning something other than
+    ``None`` decides.  Return ``None`` to let the next plugin (and finally
+    the local accounts) decide; ``{"accepted": True, "method": "ldap",
+    "user": {...attributes...}}`` to accept; ``{"accepted": False, "method":
+    ..., "reason": "..."}`` to refuse.  Fires in the web request thread.  An
+    exception is recorded and treated as ``None``.  Lockout applies whatever
+    the method.
+    """
+
+
+@hookspec
+def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
+    """Contribute console pages or API routes: call ``app.register_blueprint``.
+
+    Called once per application factory call, in the thread creating the web
+    application.  Every route must declare the right it needs.  An exception
+    is recorded and the console starts without the plugin's pages.
+    """
+
+
+# --- mail ---------------------------------------------------------------------
+
+
+@hookspec
+def prepare_mail(pacs: Pacs, message: EmailMessage) -> EmailMessage | None:
+    """Transform an outgoing e-mail before it is delivered.
+
+    Called in the thread sending the mail (a job worker), for every mail,
+    in plugin registration order; each implementation receives the message
+    returned by the previous one.  Return a new message (for instance an
+    S/MIME encrypted one) or ``None`` to leave it unchanged.  Unlike most
+    hooks, an exception here *aborts the delivery* and fails the mail job
+    with the error: a plugin that must encrypt can refuse a clear-text send.
+    """
+
+
+@hookspec(firstresult=True)
+def deliver_mail(pacs: Pacs, message: EmailMessage) -> bool | None:
+    """Deliver an e-mail (after ``prepare_mail``).
+
+    firstresult: the first implementation returning ``True`` delivered it.
+    Called in a job worker thread.  Raise to signal a failure: the mail job
+    is retried on its schedule.  ``None`` means "not handled here".
+    """

@@ -1,0 +1,280 @@
+"""Every database table, in one place.
+
+Models are bound to ``db``, a proxy initialised from a URL at start-up
+(``sqlite:///...`` by default, ``postgresql://...`` for larger sites).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+db = DatabaseProxy()
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class Patient(BaseModel):
+    patient_id = CharField(max_length=64, unique=True)
+    patient_name = CharField(max_length=324, default="")
+    # upper-case, accent-free copy of the name: case-insensitive matching on an index
+    name_key = CharField(max_length=324, default="", index=True)
+    birth_date = CharField(max_length=8, default="")
+    sex = CharField(max_length=16, default="")
+    created = DateTimeField(default=utcnow)
+
+
+class Study(BaseModel):
+    study_uid = CharField(max_length=64, unique=True)
+    patient = ForeignKeyField(Patient, backref="studies", on_delete="CASCADE")
+    study_date = CharField(max_length=8, default="", index=True)
+    study_time = CharField(max_length=16, default="")
+    accession_number = CharField(max_length=64, default="", index=True)
+    study_id = CharField(max_length=64, default="")
+    description = CharField(max_length=324, default="")
+    referring_physician = CharField(max_length=324, default="")
+    institution = CharField(max_length=324, default="")
+    requesting_service = CharField(max_length=324, default="")
+    # "\CT\MR\": delimited at both ends so that one modality matches with LIKE
+    modalities = CharField(max_length=324, default="")
+    num_series = IntegerField(default=0)
+    num_instances = IntegerField(default=0)
+    size = BigIntegerField(default=0)
+    first_received = DateTimeField(default=utcnow)
+    last_received = DateTimeField(default=utcnow, index=True)
+    stable = BooleanField(default=False, index=True)
+
+
+class Series(BaseModel):
+    series_uid = CharField(max_length=64, unique=True)
+    study = ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    modality = CharField(max_length=16, default="", index=True)
+    series_number = CharField(max_length=12, default="")
+    description = CharField(max_length=324, default="")
+    body_part = CharField(max_length=64, default="")
+    station_name = CharField(max_length=64, default="")
+    series_date = CharField(max_length=8, default="")
+    series_time = CharField(max_length=16, default="")
+    num_instances = IntegerField(default=0)
+    size = BigIntegerField(default=0)
+    first_received = DateTimeField(default=utcnow)
+    last_received = DateTimeField(default=utcnow)
+
+
+class Storage(BaseModel):
+    name = CharField(max_length=64, unique=True)
+    path = CharField(max_length=1024)
+    enabled = BooleanField(default=True)
+    min_free_mb = IntegerField(default=2048)
+    position = IntegerField(default=0)
+
+
+class Instance(BaseModel):
+    sop_uid = CharField(max_length=64, unique=True)
+    series = ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    sop_class_uid = CharField(max_length=64)
+    instance_number = CharField(max_length=12, default="")
+    transfer_syntax = CharField(max_length=64)
+    storage = ForeignKeyField(Storage, backref="instances")
+    # relative to the storage folder, derived from a hash of the UID
+    path = CharField(max_length=255)
+    size = BigIntegerField()
+    received_at = DateTimeField(default=utcnow)
+    calling_ae = CharField(max_length=16, default="")
+
+
+class Node(BaseModel):
+    name = CharField(max_length=64, unique=True)
+    aet = CharField(max_length=16, index=True)
+    host = CharField(max_length=255)
+    port = IntegerField()
+    enabled = BooleanField(default=True)
+    description = CharField(max_length=255, default="")
+    allow_store = BooleanField(default=True)
+    allow_find = BooleanField(default=False)
+    allow_move = BooleanField(default=False)
+    allow_get = BooleanField(default=False)
+    allow_worklist = BooleanField(default=False)
+
+    RIGHTS = ("store", "find", "move", "get", "worklist")
+
+    def rights(self) -> list[str]:
+        return [r for r in self.RIGHTS if getattr(self, f"allow_{r}")]
+
+
+class User(BaseModel):
+    login = CharField(max_length=128, unique=True)
+    password_hash = CharField(max_length=255, default="")
+    first_name = CharField(max_length=128, default="")
+    last_name = CharField(max_length=128, default="")
+    email = CharField(max_length=255, default="")
+    profile = CharField(max_length=64, default="simple user")
+    status = CharField(max_length=16, default="active")  # active, locked, disabled
+    created = DateTimeField(default=utcnow)
+
+
+class PluginState(BaseModel):
+    name = CharField(max_length=128, unique=True)
+    enabled = BooleanField(default=True)
+    settings = TextField(default="{}")
+
+
+class PluginFailureRecord(BaseModel):
+    plugin = CharField(max_length=128, index=True)
+    hook = CharField(max_length=64)
+    error = TextField()
+    at = DateTimeField(default=utcnow)
+
+
+class Setting(BaseModel):
+    key = CharField(max_length=128, unique=True)
+    value = TextField()
+
+    @property
+    def decoded(self):
+        return json.loads(self.value)
+
+
+class OutboxEvent(BaseModel):
+    """A hook call owed to plugins; deleted once delivered (at-least-once)."""
+
+    hook = CharField(max_length=64)
+    payload = TextField()
+    created = DateTimeField(default=utcnow)
+
+
+class TrashedFile(BaseModel):
+    """A file whose index rows are gone and that is still to be unlinked.
+
+    Written in the transaction that deletes the rows, so that a crash between
+    the commit and the unlink leaves no orphan file: start-up finishes the job.
+    """
+
+    storage = ForeignKeyField(Storage)
+    path = CharField(max_length=255)
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField()
+
+
+ALL_MODELS = [
+    Patient,
+    Study,
+    Series,
+    Storage,
+    Instance,
+    Node,
+    User,
+    PluginState,
+    PluginFailureRecord,
+    Setting,
+    OutboxEvent,
+    TrashedFile,
+    SchemaVersion,
+]
+
+
+def make_database(url: str, home: Path | None = None):
+    """Create the peewee database for ``url``; relative SQLite paths are under ``home``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_absolute() and home is not None:
+            path = home / path
+        return PooledSqliteDatabase(
+            str(path),
+            max_connections=64,
+            stale_timeout=300,
+            check_same_thread=False,
+            timeout=30,
+            pragmas={
+                "journal_mode": "wal",
+                # a C-STORE success must survive a power loss, not only a crash
+                "synchronous": "full",
+                "foreign_keys": 1,
+                "busy_timeout": 30000,
+                "cache_size": -16000,
+            },
+        )
+    if parsed.scheme in ("postgres", "postgresql"):
+        return PooledPostgresqlDatabase(
+            parsed.path.lstrip("/"),
+            user=parsed.username,
+            password=parsed.password,
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            max_connections=32,
+            stale_timeout=300,
+        )
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def bind_database(url: str, home: Path | None = None):
+    database = make_database(url, home)
+    db.initialize(database)
+    return database
+
+
+def is_sqlite() -> bool:
+    return isinstance(db.obj, PooledSqliteDatabase)
+
+
+def create_tables() -> None:
+    with connection():
+        db.create_tables(ALL_MODELS, safe=True)
+        if not SchemaVersion.select().exists():
+            SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def write_transaction():
+    """A transaction that takes the write lock up front on SQLite.
+
+    With a deferred transaction two SQLite writers may both read and then
+    deadlock on the upgrade; IMMEDIATE makes the second one wait instead.
+    """
+    if is_sqlite():
+        return db.obj.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+@contextmanager
+def connection():
+    """Use the thread's connection, opening (and afterwards closing) it only if needed.
+
+    Unlike peewee's ``connection_context`` it nests: an inner block never
+    closes a connection that an outer block (or a transaction) is using.
+    """
+    opened = db.is_closed()
+    if opened:
+        db.connect()
+    try:
+        yield
+    finally:
+        if opened and not db.is_closed():
+            db.close()

@@ -1,0 +1,124 @@
+"""At-least-once delivery of hook events, off the threads that produced them.
+
+Producers call :meth:`Outbox.enqueue` inside the transaction that changes the
+data (so the event and the change commit together).  The dispatcher thread
+calls the hook for each event, then deletes it; an event in flight when the
+process dies is delivered again at the next start.  The same thread fires
+``on_study_stable`` for studies that received nothing for a while.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pacscore.archive import DeletedInstance, StoredInstance
+from pacscore.models import OutboxEvent, Patient, Study, connection, utcnow
+
+if TYPE_CHECKING:
+    from pacscore.app import Pacs
+
+log = logging.getLogger(__name__)
+
+# dataclasses that may travel in an event, by name
+PAYLOAD_TYPES = {cls.__name__: cls for cls in (StoredInstance, DeletedInstance)}
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("__type__") in PAYLOAD_TYPES:
+        fields = {k: v for k, v in value.items() if k != "__type__"}
+        return PAYLOAD_TYPES[value["__type__"]](**fields)
+    return value
+
+
+class Outbox:
+    BATCH = 200
+
+    def __init__(self, pacs: Pacs) -> None:
+        self.pacs = pacs
+        self._wakeup = threading.Event()
+
+    def enqueue(self, hook: str, **kwargs: Any) -> None:
+        """Record a hook call owed to plugins; call it inside the data's transaction."""
+        payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
+        OutboxEvent.insert(hook=hook, payload=payload).execute()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def wait(self, timeout: float) -> None:
+        self._wakeup.wait(timeout)
+        self._wakeup.clear()
+
+    def drain(self) -> int:
+        """Deliver up to one batch of pending events; return how many were delivered."""
+        with connection():
+            events = list(OutboxEvent.select().order_by(OutboxEvent.id).limit(self.BATCH))
+            for event in events:
+                kwargs = {k: _decode(v) for k, v in json.loads(event.payload).items()}
+                self.pacs.hooks.call_each(event.hook, pacs=self.pacs, **kwargs)
+                OutboxEvent.delete_by_id(event.id)
+        return len(events)
+
+    def fire_stable_studies(self) -> int:
+        """Fire ``on_study_stable`` for studies quiet for ``study_stable_seconds``."""
+        quiet = timedelta(seconds=self.pacs.settings.core["study_stable_seconds"])
+        fired = 0
+        with connection():
+            studies = (
+                Study.select(Study, Patient.patient_id)
+                .join(Patient)
+                .where(~Study.stable & (Study.last_received < utcnow() - quiet))
+                .limit(self.BATCH)
+            )
+            for study in studies:
+                self.pacs.hooks.call_each(
+                    "on_study_stable",
+                    pacs=self.pacs,
+                    study_uid=study.study_uid,
+                    patient_id=study.patient.patient_id,
+                    num_instances=study.num_instances,
+                )
+                # unchanged last_received: nothing arrived while the hook ran
+                Study.update(stable=True).where(
+                    (Study.id == study.id) & (Study.last_received == study.last_received)
+                ).execute()
+                fired += 1
+        return fired
+
+
+class Dispatcher(threading.Thread):
+    """Drains the outbox and fires stable-study events until stopped."""
+
+    IDLE_SECONDS = 1.0
+
+    def __init__(self, pacs: Pacs) -> None:
+        super().__init__(name="pacscore-dispatcher", daemon=True)
+        self.pacs = pacs
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.pacs.outbox.wake()
+
+    def run(self) -> None:
+        outbox = self.pacs.outbox
+        while not self._stop_event.is_set():
+            try:
+                delivered = outbox.drain()
+                outbox.fire_stable_studies()
+            except Exception:  # the dispatcher must outlive a database hiccup
+                log.exception("dispatcher iteration failed")
+                delivered = 0
+            if delivered < outbox.BATCH:
+                outbox.wait(self.IDLE_SECONDS)

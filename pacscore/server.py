@@ -1,0 +1,59 @@
+"""``pacscore serve``: every listener and background thread in one process.
+
+Threads: the DICOM accept loop plus one thread per association (pynetdicom),
+the HTTP server (waitress, its own worker threads), the outbox dispatcher,
+the scheduler, and whatever plugins start in ``on_startup``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from waitress.server import create_server
+
+from pacscore.dicom.server import start_dicom_server
+from pacscore.models import connection
+from pacscore.outbox import Dispatcher
+from pacscore.scheduler import Scheduler
+from pacscore.web import create_app
+
+log = logging.getLogger(__name__)
+
+
+def start_http_server(pacs, host: str, port: int):
+    server = create_server(create_app(pacs), host=host, port=port, threads=8, ident="pacscore")
+    threading.Thread(target=server.run, name="pacscore-http", daemon=True).start()
+    log.info("HTTP listening on %s:%d", host, port)
+    return server
+
+
+def serve(pacs) -> None:
+    config = pacs.config
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    dicom = start_dicom_server(pacs, config.host, config.dicom_port)
+    http = start_http_server(pacs, config.host, config.http_port)
+    dispatcher = Dispatcher(pacs)
+    dispatcher.start()
+    scheduler = Scheduler(pacs)
+    with connection():
+        scheduler.collect()
+    scheduler.start()
+    with connection():
+        pacs.hooks.call_each("on_startup", pacs=pacs)
+    log.info("pacscore ready")
+
+    stop.wait()
+    log.info("stopping")
+    with connection():
+        pacs.hooks.call_each("on_shutdown", pacs=pacs)
+    dicom.shutdown()
+    http.close()
+    scheduler.stop()
+    dispatcher.stop()
+    dispatcher.join(timeout=10)
+    log.info("stopped")
