@@ -1,0 +1,215 @@
+"""Shared fixtures: a database per test (SQLite and PostgreSQL), a pacscore
+home, a real ``pacscore serve`` subprocess on free ports, DCMTK peers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Debian's DCMTK: pynetdicom installs console scripts with the same names in the venv
+DCMTK_DIR = "/usr/bin"
+PG_ADMIN_URL = os.environ.get("PACSCORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool, path=DCMTK_DIR)
+    if path is None:
+        pytest.fail(f"DCMTK's {tool} is missing: run the README's test command (it installs dcmtk)")
+    return path
+
+
+def run_dcmtk(tool: str, *args: str, cwd: Path | None = None, timeout: float = 120):
+    return subprocess.run(
+        [dcmtk(tool), *args],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=DCMTK_ENV,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+# -- databases -------------------------------------------------------------------
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_URL)
+    conn.autocommit = True
+    try:
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    """Every test using a database runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield "sqlite:///index.db"
+        return
+    name = f"pacscore_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- a pacscore installation driven through its CLI ------------------------------------
+
+
+class PacsProcess:
+    """A pacscore home, its CLI, and a ``pacscore serve`` subprocess."""
+
+    def __init__(self, home: Path, db_url: str, aet: str = "PACSCORE") -> None:
+        self.home = home
+        self.db_url = db_url
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.hl7_port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.env = dict(os.environ)
+        self.log_path = home.parent / f"{home.name}-serve.log"
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None, env=None):
+        result = subprocess.run(
+            [sys.executable, "-m", "pacscore", "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=env or self.env,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"pacscore {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def init(self) -> PacsProcess:
+        self.cli("init", "--db", self.db_url, "--aet", self.aet)
+        return self
+
+    def start(self, extra_env: dict | None = None) -> PacsProcess:
+        env = {**self.env, **(extra_env or {})}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pacscore",
+                "--home",
+                str(self.home),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--dicom-port",
+                str(self.dicom_port),
+                "--http-port",
+                str(self.http_port),
+                "--hl7-port",
+                str(self.hl7_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        wait_for_port(self.dicom_port, process=self.process)
+        wait_for_port(self.http_port, process=self.process)
+        return self
+
+    def stop(self) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode if self.process else None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # conveniences for DCMTK peers
+    def storescu(self, *files: Path | str, aet: str = "STORESCU", extra: tuple = ()):
+        return run_dcmtk(
+            "storescu", "-aet", aet, "-aec", self.aet, *extra, "127.0.0.1",
+            str(self.dicom_port), *[str(f) for f in files]
+        )  # fmt: skip
+
+    def findscu(self, *keys: str, aet: str = "FINDSCU", root: str = "-S", extra: tuple = ()):
+        args = [root, "-aet", aet, "-aec", self.aet, *extra]
+        for key in keys:
+            args += ["-k", key]
+        return run_dcmtk("findscu", *args, "127.0.0.1", str(self.dicom_port))
+
+
+@pytest.fixture
+def pacs_home(tmp_path, db_url):
+    """An initialised pacscore home (not running), on each database."""
+    pacs = PacsProcess(tmp_path / "home", db_url).init()
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture
+def server(pacs_home):
+    """A running ``pacscore serve`` on free 127.0.0.1 ports."""
+    yield pacs_home.start()
+    pacs_home.stop()
+
+
+# -- test data ----------------------------------------------------------------------
+
+
+def pydicom_test_files() -> list[Path]:
+    from pydicom.data import get_testdata_files
+
+    return [Path(p) for p in get_testdata_files("*.dcm")]
+
+
+def pynetdicom_test_files() -> list[Path]:
+    import pynetdicom
+
+    folder = Path(pynetdicom.__file__).parent / "tests" / "dicom_files"
+    return sorted(folder.glob("*.dcm"))
