@@ -81,9 +81,9 @@ class Nodes:
         self._loaded_at = 0.0
         self._lock = threading.Lock()
 
-    def _load(self) -> dict[str, list[Node]]:
+    def _load(self, refresh: bool = False) -> dict[str, list[Node]]:
         with self._lock:
-            if time.monotonic() - self._loaded_at > self.CACHE_SECONDS:
+            if refresh or time.monotonic() - self._loaded_at > self.CACHE_SECONDS:
                 by_aet: dict[str, list[Node]] = {}
                 for node in Node.select().where(Node.enabled):
                     by_aet.setdefault(node.aet.strip(), []).append(node)
@@ -92,10 +92,14 @@ class Nodes:
             return self._by_aet
 
     def by_aet(self, aet: str) -> list[Node]:
-        return self._load().get(aet.strip(), [])
+        # a miss re-reads the table: a node declared a moment ago is known at once
+        return self._load().get(aet.strip()) or self._load(refresh=True).get(aet.strip(), [])
 
     def allows(self, aet: str, right: str) -> bool:
-        return any(getattr(node, f"allow_{right}") for node in self.by_aet(aet))
+        def granted(nodes: dict[str, list[Node]]) -> bool:
+            return any(getattr(node, f"allow_{right}") for node in nodes.get(aet.strip(), []))
+
+        return granted(self._load()) or granted(self._load(refresh=True))
 
     def invalidate(self) -> None:
         with self._lock:
@@ -115,13 +119,17 @@ class Pacs:
     # -- start-up ----------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create missing tables, finish interrupted writes and deletions."""
+        """Create missing tables and the default storage folder."""
         create_tables()
         with connection():
             if not Storage.select().exists():
                 default = self.config.home / "storage"
                 default.mkdir(parents=True, exist_ok=True)
                 Storage.create(name="default", path=str(default))
+
+    def recover(self) -> None:
+        """Finish the writes and deletions a crash interrupted (server start)."""
+        with connection():
             recover_incoming(list(Storage.select()))
             self.archive.empty_trash()
 

@@ -191,7 +191,11 @@ class Archive:
             part.unlink(missing_ok=True)
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
 
-        self.folders.publish(part, storage, relpath)
+        try:
+            self.folders.publish(part, storage, relpath)
+        except OSError as exc:
+            # the row is committed and the .part durable: start-up recovery publishes it
+            log.error("cannot move %s to its place (recovered at restart): %s", part, exc)
         self.pacs.outbox.wake()
         return StoreResult(status.SUCCESS, instance=stored)
 

@@ -81,7 +81,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pacscore.server import serve
+    from pacscore.server import AlreadyServing, serve
 
     pacs = _open(args)
     config = pacs.config
@@ -89,7 +89,10 @@ def cmd_serve(args) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
-    serve(pacs)
+    try:
+        serve(pacs)
+    except AlreadyServing as exc:
+        raise CommandError(str(exc)) from exc
     return 0
 
 

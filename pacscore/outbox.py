@@ -49,7 +49,13 @@ class Outbox:
         self._wakeup = threading.Event()
 
     def enqueue(self, hook: str, **kwargs: Any) -> None:
-        """Record a hook call owed to plugins; call it inside the data's transaction."""
+        """Record a hook call owed to plugins; call it inside the data's transaction.
+
+        Nothing is recorded for a hook no loaded plugin implements (plugins
+        are loaded at start, so none could receive it in this process).
+        """
+        if not self.pacs.hooks.has_implementations(hook):
+            return
         payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
         OutboxEvent.insert(hook=hook, payload=payload).execute()
 
@@ -67,7 +73,9 @@ class Outbox:
             for event in events:
                 kwargs = {k: _decode(v) for k, v in json.loads(event.payload).items()}
                 self.pacs.hooks.call_each(event.hook, pacs=self.pacs, **kwargs)
-                OutboxEvent.delete_by_id(event.id)
+            # one commit per batch: a crash redelivers the batch (at least once)
+            if events:
+                OutboxEvent.delete().where(OutboxEvent.id.in_([e.id for e in events])).execute()
         return len(events)
 
     def fire_stable_studies(self) -> int:
@@ -101,6 +109,8 @@ class Dispatcher(threading.Thread):
     """Drains the outbox and fires stable-study events until stopped."""
 
     IDLE_SECONDS = 1.0
+    # after a wake-up, let a burst of stores accumulate into one batch
+    COALESCE_SECONDS = 0.05
 
     def __init__(self, pacs: Pacs) -> None:
         super().__init__(name="pacscore-dispatcher", daemon=True)
@@ -122,3 +132,4 @@ class Dispatcher(threading.Thread):
                 delivered = 0
             if delivered < outbox.BATCH:
                 outbox.wait(self.IDLE_SECONDS)
+                self._stop_event.wait(self.COALESCE_SECONDS)

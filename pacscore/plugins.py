@@ -113,9 +113,10 @@ class PluginHost:
                 log.exception("could not persist plugin failure")
 
     def _implementations(self, hook_name: str):
-        # pluggy lists implementations last-registered first; call them in
-        # registration order so that built-in behaviour runs before plugins.
-        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+        # get_hookimpls() is in registration order (built-ins first); honour
+        # tryfirst/trylast like pluggy would when it calls the hook itself.
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return sorted(impls, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
 
     def _call_one(self, impl, hook_name: str, kwargs: dict[str, Any]) -> tuple[bool, Any]:
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peewee import SQL, Node, NodeList, Value, fn
+from pydicom.multival import MultiValue
 
 from pacscore.dicom.header import normalize_text
 from pacscore.models import Instance, Patient, Series, Study
@@ -99,11 +100,10 @@ ATTRIBUTES = {
 
 
 def _values(value: Any) -> list[str]:
+    """The values of an identifier element: a str, a PersonName or a MultiValue."""
     if value is None:
         return []
-    if isinstance(value, list | tuple) or (
-        hasattr(value, "__iter__") and not isinstance(value, str)
-    ):
+    if isinstance(value, list | tuple | MultiValue):
         return [str(v).strip() for v in value]
     return [v.strip() for v in str(value).split("\\")]
 

@@ -7,9 +7,11 @@ the scheduler, and whatever plugins start in ``on_startup``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from waitress.server import create_server
 
@@ -29,8 +31,25 @@ def start_http_server(pacs, host: str, port: int):
     return server
 
 
+class AlreadyServing(RuntimeError):
+    pass
+
+
+def lock_home(home: Path):
+    """Hold an exclusive lock on the home for the server's lifetime."""
+    handle = open(home / "serve.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyServing(f"another 'pacscore serve' is running on {home}") from None
+    return handle
+
+
 def serve(pacs) -> None:
     config = pacs.config
+    home_lock = lock_home(config.home)
+    pacs.recover()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -56,4 +75,5 @@ def serve(pacs) -> None:
     scheduler.stop()
     dispatcher.stop()
     dispatcher.join(timeout=10)
+    home_lock.close()
     log.info("stopped")

@@ -6,7 +6,7 @@ A file is written to ``<folder>/.incoming/<name>.<random>.part`` and fsynced
 to its final place ``<folder>/<aa>/<bb>/<name>.dcm``, where ``name`` is a
 SHA-256 of the SOP Instance UID (UIDs are never used as paths).  At start-up
 :func:`recover_incoming` renames the ``.part`` files whose row exists and
-deletes the others, which were never acknowledged.
+deletes those of dead writers, which were never acknowledged.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class StorageFolders:
         incoming_dir = Path(storage.path) / INCOMING
         self._ensure_dir(incoming_dir)
         name = Path(relpath).stem
-        part = incoming_dir / f"{name}.{secrets.token_hex(6)}.part"
+        # the writer's pid in the name: recovery never discards a live writer's file
+        part = incoming_dir / f"{name}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             for chunk in chunks:
@@ -133,6 +134,16 @@ class StorageFolders:
         self._known_dirs.add(path)
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def recover_incoming(storages: list[Storage]) -> tuple[int, int]:
     """Finish or discard the writes a crash interrupted; return (published, discarded)."""
     published = discarded = 0
@@ -141,7 +152,7 @@ def recover_incoming(storages: list[Storage]) -> tuple[int, int]:
         if not incoming_dir.is_dir():
             continue
         for part in incoming_dir.glob("*.part"):
-            digest = part.name.split(".", 1)[0]
+            digest, pid = part.name.split(".")[:2]
             relpath = f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
             final = Path(storage.path) / relpath
             indexed = (
@@ -149,13 +160,16 @@ def recover_incoming(storages: list[Storage]) -> tuple[int, int]:
                 .where((Instance.storage == storage.id) & (Instance.path == relpath))
                 .exists()
             )
-            if indexed and not final.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(part, final)
-                published += 1
-            else:
-                part.unlink(missing_ok=True)
-                discarded += 1
+            try:
+                if indexed and not final.exists():
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(part, final)
+                    published += 1
+                elif not _alive(pid):
+                    part.unlink()
+                    discarded += 1
+            except FileNotFoundError:  # its writer finished it meanwhile
+                continue
     if published or discarded:
         log.warning(
             "recovered interrupted writes: %d published, %d discarded", published, discarded

@@ -203,9 +203,10 @@ def server(pacs_home):
 
 
 def pydicom_test_files() -> list[Path]:
-    from pydicom.data import get_testdata_files
+    """The test files pydicom ships (get_testdata_files would try to download more)."""
+    import pydicom.data
 
-    return [Path(p) for p in get_testdata_files("*.dcm")]
+    return sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
 
 
 def pynetdicom_test_files() -> list[Path]:

@@ -49,6 +49,7 @@ HEADER_KEYWORDS = {
 }
 _TAGS = [Tag(kw) for kw in HEADER_KEYWORDS.values()]
 _LAST_GROUP = 0x0032
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 # a deflated header never needs more than this once inflated
 _MAX_INFLATED = 8 * 1024 * 1024
 
@@ -104,27 +105,48 @@ def _text(element: DataElement | None) -> str:
     return str(value).strip()
 
 
-def _stop_after_index_groups(tag, vr, length) -> bool:
-    return tag.group > _LAST_GROUP
+def _stop_after_index_groups(fp: BytesIO, size: int | None):
+    """pydicom's ``stop_when``: stop past the index groups, refuse lengths beyond the data.
+
+    pydicom skips a value it was not asked for by seeking, and a seek past
+    the end silently ends the data set: an element declaring more bytes than
+    remain would otherwise let a truncated data set through as valid.
+    """
+
+    def stop_when(tag, vr, length) -> bool:
+        if tag.group > _LAST_GROUP:
+            return True
+        if size is not None and length != _UNDEFINED_LENGTH and fp.tell() + length > size:
+            raise InvalidDicom(f"element {tag} declares {length} bytes past the end of the data")
+        return False
+
+    return stop_when
 
 
 def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     ts = UID(transfer_syntax)
     if not ts.is_transfer_syntax:
         raise InvalidDicom(f"unknown transfer syntax {transfer_syntax}")
+    complete = True
     if ts.is_deflated:
         try:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, _MAX_INFLATED)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(data, _MAX_INFLATED)
         except zlib.error as exc:
             raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
+        complete = not inflater.unconsumed_tail
+    fp = BytesIO(data)
     try:
         return read_dataset(
-            BytesIO(data),
+            fp,
             is_implicit_VR=ts.is_implicit_VR,
             is_little_endian=ts.is_little_endian,
-            stop_when=_stop_after_index_groups,
+            # a deflated data set cut at _MAX_INFLATED may end inside an element
+            stop_when=_stop_after_index_groups(fp, len(data) if complete else None),
             specific_tags=_TAGS,
         )
+    except InvalidDicom:
+        raise
     except (RecursionError, MemoryError) as exc:
         raise InvalidDicom("data set nested too deeply or too large") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad input

@@ -44,6 +44,9 @@ class StoredFileDataset(Dataset):
             little_endian,
             deflated,
         ):
+            # a deflated stream may have an odd length: PDV fragments must be even
+            if len(self._stored_bytes) % 2:
+                return self._stored_bytes + b"\x00"
             return self._stored_bytes
         return _pynetdicom_encode(self._decoded(), implicit_vr, little_endian, deflated)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -15,7 +15,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacscore.dicom import access, rawsend
+from pacscore.dicom import access, nodelay, rawsend
 from pacscore.dicom.find import handle_find
 from pacscore.dicom.retrieve import handle_get, handle_move
 from pacscore.dicom.store import handle_store
@@ -62,10 +62,19 @@ def handlers(pacs) -> list:
     ]
 
 
-def start_dicom_server(pacs, host: str, port: int):
-    """Start listening in background threads; returns the pynetdicom server."""
+def install_extensions() -> None:
+    """The small, documented extensions of pynetdicom pacscore relies on."""
     access.install()
     rawsend.install()
+    nodelay.install()
+    # pynetdicom formats every identifier for its log even when nobody reads it
+    debug = log.isEnabledFor(logging.DEBUG)
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
+
+
+def start_dicom_server(pacs, host: str, port: int):
+    """Start listening in background threads; returns the pynetdicom server."""
+    install_extensions()
     ae = build_ae(pacs)
     server = ae.start_server((host, port), block=False, evt_handlers=handlers(pacs))
     log.info("DICOM listening on %s:%d as %s", host, port, pacs.config.aet)

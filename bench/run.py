@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""pacscore vs Orthanc, same data, same DCMTK clients, same machine, one run.
+
+    /work/main/.venv/bin/python bench/run.py [--large N] [--small N] [--out DIR]
+
+The script re-executes itself under ``unshare --net`` (a private network
+namespace with only ``lo`` up) so neither server listens on a real
+interface.  See bench/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import gen  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+# PACSCORE_BENCH_CMD="python bench/experiments/patched.py" runs a patched pacscore instead
+PACSCORE = shlex.split(os.environ.get("PACSCORE_BENCH_CMD", "")) or [str(VENV_BIN / "pacscore")]
+ORTHANC = "/usr/sbin/Orthanc"
+DCMTK = "/usr/bin"  # never the venv's pynetdicom scripts of the same names
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLIENT_AET = "BENCHSCU"
+DEST_AET = "BENCHDEST"
+DEST_PORT = 11199
+WARM = {"small": 20, "large": 5}
+
+# targets shown next to the ratios (pacscore / Orthanc, higher is better)
+TARGETS = {
+    "store large 1 assoc": 1.5,
+    "store small 1 assoc": 1.0,
+    "C-MOVE": 1.0,
+    "C-GET": 1.0,
+}
+RSS_TARGET_MIB = 150
+ANALYSIS_MARKER = "<!-- hand-written analysis below: kept by bench/run.py -->"
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def client_env() -> dict:
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"  # Debian's DCMTK: otherwise Nagle + delayed ACK, ~40 ms/store
+    return env
+
+
+def dcmtk(tool: str, *args, check=True, capture=False, timeout=3600) -> subprocess.CompletedProcess:
+    cmd = [f"{DCMTK}/{tool}", *map(str, args)]
+    res = subprocess.run(
+        cmd,
+        env=client_env(),
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if capture else subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])}... exited {res.returncode}: "
+                           f"{(res.stdout or res.stderr or '')[-2000:]}")
+    return res
+
+
+# -- process accounting ---------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of the process (not of its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def settle_cpu(pid: int, quiet=0.6, limit=60.0) -> float:
+    """Wait until the server stops burning CPU (asynchronous work after the
+    last response); return its CPU seconds then."""
+    end = time.monotonic() + limit
+    last = cpu_seconds(pid)
+    while time.monotonic() < end:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.02:
+            return now
+        last = now
+    return last
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+class Server:
+    name = "?"
+    aet = "?"
+
+    def __init__(self, root: Path, dicom_port: int, http_port: int) -> None:
+        self.root = root
+        self.dicom_port = dicom_port
+        self.http_port = http_port
+        self.proc: subprocess.Popen | None = None
+        self.logfile = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout=60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}; see {self.root}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
+                    pass
+                res = dcmtk("echoscu", "-aet", CLIENT_AET, "-aec", self.aet,
+                            "127.0.0.1", self.dicom_port, check=False)
+                if res.returncode == 0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.logfile:
+            self.logfile.close()
+            self.logfile = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Pacscore(Server):
+    name = "pacscore"
+    aet = "PACSCORE"
+
+    def setup(self) -> None:
+        home = self.root
+        run = lambda *a: subprocess.run([*PACSCORE, "--home", str(home), *a], check=True,  # noqa: E731
+                                        stdout=subprocess.DEVNULL)
+        run("init", "--aet", self.aet)
+        run("node", "add", "bench", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+            "--port", "11998", "--allow", "store,find,move,get")
+        run("node", "add", "dest", "--aet", DEST_AET, "--host", "127.0.0.1",
+            "--port", str(DEST_PORT), "--allow", "store")
+        run("settings", "--set", "max_find_results=100000")
+        run("storage", "set", "default", "--min-free-mb", "0")
+
+    def start(self) -> None:
+        self.logfile = open(self.root / "serve.out", "ab")
+        self.proc = subprocess.Popen(
+            [*PACSCORE, "--home", str(self.root), "serve", "--host", "127.0.0.1",
+             "--aet", self.aet, "--dicom-port", str(self.dicom_port),
+             "--http-port", str(self.http_port), "--hl7-port", str(self.http_port + 1)],
+            stdout=self.logfile, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def count_instances(self) -> int:
+        con = sqlite3.connect(f"file:{self.root / 'index.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute("SELECT COUNT(*) FROM instance").fetchone()[0]
+        finally:
+            con.close()
+
+
+class Orthanc(Server):
+    name = "Orthanc"
+    aet = "ORTHANC"
+
+    def setup(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,  # loopback only anyway (private netns)
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomModalities": {
+                "bench": [CLIENT_AET, "127.0.0.1", 11998],
+                "dest": [DEST_AET, "127.0.0.1", DEST_PORT],
+            },
+            "SyncStorageArea": True,  # the default: fsync each file, like pacscore
+            "StorageCompression": False,
+            "Plugins": [],
+        }
+        (self.root / "orthanc.json").write_text(json.dumps(config, indent=2))
+
+    def start(self) -> None:
+        self.logfile = open(self.root / "orthanc.out", "ab")
+        self.proc = subprocess.Popen([ORTHANC, str(self.root / "orthanc.json")],
+                                     env=client_env(), cwd=self.root,
+                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def rest(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=60) as r:
+            return json.load(r)
+
+    def count_instances(self) -> int:
+        return int(self.rest("/statistics")["CountInstances"])
+
+
+SERVERS = {"pacscore": (Pacscore, 11112, 18080), "Orthanc": (Orthanc, 4242, 18042)}
+
+
+def fresh_server(kind: str, out: Path, tag: str) -> Server:
+    cls, dport, hport = SERVERS[kind]
+    root = out / "homes" / f"{kind}-{tag}"
+    shutil.rmtree(root, ignore_errors=True)
+    server = cls(root, dport, hport)
+    server.setup()
+    server.start()
+    return server
+
+
+# -- clients ---------------------------------------------------------------------------
+
+
+def store(server: Server, dirs: list[Path]) -> float:
+    """One storescu per folder, in parallel; return the wall time."""
+    procs = []
+    t0 = time.perf_counter()
+    for d in dirs:
+        cmd = [f"{DCMTK}/storescu", "-aet", CLIENT_AET, "-aec", server.aet,
+               "+sd", "+r", "127.0.0.1", str(server.dicom_port), str(d)]
+        procs.append(subprocess.Popen(cmd, env=client_env(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    errors = []
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            errors.append(f"storescu exited {p.returncode}: {err[-1000:]}")
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return elapsed
+
+
+def wait_count(server: Server, expected: int, timeout=60.0) -> int:
+    end = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < end:
+        n = server.count_instances()
+        if n >= expected:
+            return n
+        time.sleep(0.5)
+    return n
+
+
+def query_args(query: dict) -> list[str]:
+    args = []
+    for key, value in query.items():
+        args += ["-k", f"{key}={value}" if value is not None else key]
+    return args
+
+
+STUDY_RETURN_KEYS = {
+    "PatientName": None, "PatientID": None, "PatientBirthDate": None, "StudyDate": None,
+    "StudyTime": None, "AccessionNumber": None, "StudyDescription": None,
+    "ModalitiesInStudy": None, "StudyInstanceUID": None,
+}
+
+
+def find_queries() -> dict[str, dict]:
+    common = {"QueryRetrieveLevel": "STUDY", **STUDY_RETURN_KEYS}
+    return {
+        "C-FIND exact PatientID": {**common, "PatientID": gen.first_patient_id("large")},
+        "C-FIND PatientName wildcard": {**common, "PatientName": "SMI*"},
+        "C-FIND StudyDate range": {**common, "StudyDate": "20150101-20161231"},
+        "C-FIND all studies": common,
+    }
+
+
+def findscu(server: Server, query: dict, repeat: int, verbose=False) -> tuple[float, str]:
+    args = ["-S", "-aet", CLIENT_AET, "-aec", server.aet]
+    if verbose:
+        args.append("-v")
+    if repeat > 1:
+        args += ["--repeat", repeat]
+    args += query_args(query) + ["127.0.0.1", server.dicom_port]
+    t0 = time.perf_counter()
+    res = dcmtk("findscu", *args, capture=True)
+    return time.perf_counter() - t0, res.stdout
+
+
+def find_cell(server: Server, query: dict, repeat: int) -> tuple[float, int, float]:
+    """(ms per query, matches, server CPU ms per query): (T(repeat) - T(1)) / (repeat - 1),
+    which leaves out process start and association set-up; median of 3."""
+    _, out = findscu(server, query, 1, verbose=True)
+    matches = out.count("Find Response:")  # pending responses; the final one has no colon
+    findscu(server, query, 5)  # warm
+    per_query, cpu_per_query = [], []
+    for _ in range(3):
+        t1, _ = findscu(server, query, 1)
+        c0 = cpu_seconds(server.pid)
+        tn, _ = findscu(server, query, repeat)
+        c1 = cpu_seconds(server.pid)
+        per_query.append((tn - t1) / (repeat - 1) * 1000)
+        cpu_per_query.append((c1 - c0) / repeat * 1000)
+    return statistics.median(per_query), matches, statistics.median(cpu_per_query)
+
+
+class Destination:
+    """storescp, the C-MOVE destination."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.proc = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [f"{DCMTK}/storescp", "-aet", DEST_AET, "--max-pdu", "131072",
+             "-od", str(self.folder), str(DEST_PORT)],
+            env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", DEST_PORT), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("storescp did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def clear(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def retrieve_cell(server: Server, op: str, study_uids: list[str], expected: int,
+                  recv: Path, runs: int = 3) -> tuple[float, float]:
+    """(instances/s, server CPU ms/instance), median of ``runs``.
+
+    One C-MOVE / C-GET at STUDY level whose StudyInstanceUID is a list of UIDs
+    (getscu 3.6.7 segfaults after several query files in one invocation)."""
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=" + "\\".join(study_uids)]
+    rates, cpus = [], []
+    for _ in range(runs):
+        clear(recv)
+        c0 = cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        if op == "move":
+            dcmtk("movescu", "-S", "-aet", CLIENT_AET, "-aec", server.aet, "-aem", DEST_AET,
+                  *keys, "127.0.0.1", server.dicom_port)
+        else:
+            dcmtk("getscu", "-S", "-aet", CLIENT_AET, "-aec", server.aet, "--max-pdu", "131072",
+                  "-od", recv, *keys, "127.0.0.1", server.dicom_port)
+        elapsed = time.perf_counter() - t0
+        cpu = settle_cpu(server.pid, quiet=0.3) - c0
+        got = sum(1 for _ in recv.iterdir())
+        if got != expected:
+            raise RuntimeError(f"{server.name} C-{op.upper()}: received {got}, expected {expected}")
+        rates.append(expected / elapsed)
+        cpus.append(cpu / expected * 1000)
+    clear(recv)
+    return statistics.median(rates), statistics.median(cpus)
+
+
+# -- the benchmark ---------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    osname = "?"
+    try:
+        osname = platform.freedesktop_os_release().get("PRETTY_NAME", "?")
+    except OSError:
+        pass
+    return f"nproc {os.cpu_count()}, CPU {cpu}, RAM {mem:.0f} GiB, {osname}, kernel {platform.release()}"
+
+
+def versions() -> str:
+    orth = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    dcm = subprocess.run([f"{DCMTK}/storescu", "--version"], capture_output=True, text=True).stdout
+    dcm = next((l for l in dcm.splitlines() if "$dcmtk" in l), "?").strip(" $").split(": ", 1)[-1]
+    from importlib.metadata import version
+
+    py = (f"pacscore {version('pacscore')}, pynetdicom {version('pynetdicom')}, "
+          f"pydicom {version('pydicom')}, peewee {version('peewee')}, Python {platform.python_version()}")
+    return f"{py}; {orth.strip()}; DCMTK {dcm} (Debian)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--large", type=int, default=4000, help="large instances per store cell")
+    ap.add_argument("--small", type=int, default=4000, help="small instances per store cell")
+    ap.add_argument("--out", type=Path, default=HERE / "out", help="work folder (data, homes)")
+    ap.add_argument("--retrieve", type=int, default=300, help="instances per C-MOVE/C-GET")
+    ap.add_argument("--find-repeat", type=int, default=50, help="C-FIND queries per association")
+    ap.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    ap.add_argument("--keep-data", action="store_true", help="keep the generated data")
+    ap.add_argument("--only", choices=["pacscore", "Orthanc"], help="run one server only")
+    args = ap.parse_args()
+    argv_shown = "/work/main/.venv/bin/python bench/run.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:])
+
+    if os.environ.get("PACSCORE_BENCH_NETNS") != "1":
+        env = dict(os.environ, PACSCORE_BENCH_NETNS="1", PACSCORE_BENCH_ARGV=argv_shown)
+        cmd = ["unshare", "--net", "--", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+        return subprocess.call(cmd, env=env)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    argv_shown = os.environ.get("PACSCORE_BENCH_ARGV", argv_shown)
+
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    started = dt.datetime.now()
+    log(f"machine: {machine()}")
+
+    # -- data ------------------------------------------------------------------
+    t0 = time.perf_counter()
+    sets = {}
+    for set_name, kind, count in [("large", "large", args.large), ("small", "small", args.small),
+                                  ("warm-large", "large", WARM["large"]),
+                                  ("warm-small", "small", WARM["small"])]:
+        folder = data / set_name
+        shutil.rmtree(folder, ignore_errors=True)
+        sets[set_name] = gen.generate(folder, set_name, kind, count)
+    size_large = os.path.getsize(next(sets["large"][0].iterdir()))
+    size_small = os.path.getsize(next(sets["small"][0].iterdir()))
+    log(f"generated data in {time.perf_counter() - t0:.0f}s: large {size_large} B, small {size_small} B")
+    warm_dirs = [data / "warm-large", data / "warm-small"]
+    n_warm = WARM["large"] + WARM["small"]
+
+    servers = [args.only] if args.only else ["pacscore", "Orthanc"]
+    results: dict[str, dict[str, dict]] = {}  # cell -> server -> {rate, cpu, unit, ...}
+    rss: dict[str, list[tuple[str, int]]] = {s: [] for s in servers}
+    find_matches: dict[str, dict[str, int]] = {}
+
+    def record(cell, server_name, **values):
+        results.setdefault(cell, {})[server_name] = values
+
+    store_cells = [("small", 1), ("small", 4), ("large", 1), ("large", 4)]
+    counts = {"large": args.large, "small": args.small}
+    destination = Destination(out / "recv-move")
+    for kind, nassoc in store_cells:
+        cell = f"store {kind} {nassoc} assoc"
+        n = counts[kind]
+        dirs = [data / kind] if nassoc == 1 else sets[kind]
+        for name in servers:
+            server = fresh_server(name, out, f"{kind}{nassoc}")
+            try:
+                store(server, warm_dirs)
+                if wait_count(server, n_warm) != n_warm:
+                    raise RuntimeError(f"{name}: warm-up not stored")
+                settle_cpu(server.pid)
+                c0 = cpu_seconds(server.pid)
+                elapsed = store(server, dirs)
+                c1 = settle_cpu(server.pid)
+                stored = wait_count(server, n_warm + n) - n_warm
+                if stored != n:
+                    raise RuntimeError(f"{name} {cell}: {stored} stored, expected {n}")
+                rate = n / elapsed
+                record(cell, name, rate=rate, cpu=(c1 - c0) / n * 1000, unit="inst/s",
+                       elapsed=elapsed)
+                log(f"{cell:26s} {name:8s} {rate:8.1f} inst/s  {elapsed:6.1f}s  "
+                    f"CPU {(c1 - c0) / n * 1000:.2f} ms/inst")
+
+                if (kind, nassoc) == ("large", 4):
+                    # query/retrieve on this archive plus the small set (untimed)
+                    store(server, sets["small"])
+                    total = n_warm + n + counts["small"]
+                    if wait_count(server, total) != total:
+                        raise RuntimeError(f"{name}: small set for Q/R not stored")
+                    settle_cpu(server.pid)
+                    for qname, query in find_queries().items():
+                        ms, matches, cpu = find_cell(server, query, args.find_repeat)
+                        record(qname, name, rate=ms, cpu=cpu, unit="ms/query")
+                        find_matches.setdefault(qname, {})[name] = matches
+                        log(f"{qname:26s} {name:8s} {ms:8.2f} ms/query ({matches} matches) "
+                            f"CPU {cpu:.2f} ms/query")
+                    studies, total_r, last_k = [], 0, 0
+                    for uid, k in gen.studies_of("large", "large", n):
+                        if total_r >= args.retrieve:
+                            break
+                        studies.append(uid)
+                        total_r += k
+                        last_k = k
+                    destination.start()
+                    try:
+                        # warm-up retrieve of one study
+                        retrieve_cell(server, "move", studies[-1:], last_k, out / "recv-move", 1)
+                        rate, cpu = retrieve_cell(server, "move", studies, total_r, out / "recv-move")
+                    finally:
+                        destination.stop()
+                    record("C-MOVE", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
+                    log(f"{'C-MOVE':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+                    rate, cpu = retrieve_cell(server, "get", studies, total_r, out / "recv-get")
+                    record("C-GET", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
+                    log(f"{'C-GET':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+                rss[name].append((cell, vm_hwm_kib(server.pid)))
+            finally:
+                server.destroy()
+
+    profile_note = ""
+    if not args.no_profile and "pacscore" in servers and shutil.which("py-spy", path=str(VENV_BIN)):
+        profile_note = profile_pacscore(out, sets, warm_dirs, n_warm, counts["small"])
+
+    for folder in ("recv-move", "recv-get"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    if not args.keep_data:
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(out / "homes", ignore_errors=True)
+
+    report = render(results, rss, find_matches, argv_shown, started, args, size_large,
+                    size_small, profile_note, servers)
+    print(report)
+    if args.report:
+        # hand-written notes below the marker survive a re-run
+        kept = ""
+        if args.report.exists() and ANALYSIS_MARKER in args.report.read_text():
+            kept = args.report.read_text().split(ANALYSIS_MARKER, 1)[1]
+        args.report.write_text(report + "\n" + ANALYSIS_MARKER + kept if kept else report)
+        log(f"report written to {args.report}")
+    (out / "results.json").write_text(json.dumps(
+        {"results": results, "rss_kib": rss, "find_matches": find_matches}, indent=2))
+    return 0
+
+
+# -- profiling --------------------------------------------------------------------------
+
+
+def profile_pacscore(out: Path, sets, warm_dirs, n_warm: int, n: int) -> str:
+    """py-spy on pacscore during a small-instance store on 1 association (not a measured cell)."""
+    raw = out / "profile-small-store.txt"
+    svg = out / "profile-small-store.svg"
+    server = fresh_server("pacscore", out, "profile")
+    try:
+        store(server, warm_dirs)
+        wait_count(server, n_warm)
+        settle_cpu(server.pid)
+        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid),
+                                "--rate", "200", "--format", "raw", "--threads", "--nonblocking",
+                                "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        elapsed = store(server, [out / "data" / "small"])
+        settle_cpu(server.pid)
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        # a flame graph too, on a shorter second pass (another fresh server)
+    finally:
+        server.destroy()
+    server = fresh_server("pacscore", out, "profile-svg")
+    try:
+        store(server, warm_dirs)
+        wait_count(server, n_warm)
+        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid),
+                                "--rate", "200", "--nonblocking", "-o", str(svg)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        store(server, [out / "data" / "small"])
+        settle_cpu(server.pid)
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    finally:
+        server.destroy()
+    log(f"profiled small store: {n / elapsed:.1f} inst/s under py-spy; {raw}, {svg}")
+    return summarize_profile(raw, n / elapsed)
+
+
+def summarize_profile(raw: Path, rate: float) -> str:
+    if not raw.exists():
+        return "py-spy produced no profile.\n"
+    total = 0
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        c = int(count)
+        total += c
+        frames = stack.split(";")
+        thread = re.sub(r"\(\d+\)|@\d+", "", frames[0]).replace("thread : ", "").strip()
+        threads[thread] = threads.get(thread, 0) + c
+        funcs = [f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 1)[-1]
+                 + ")" if " (" in f else f for f in frames[1:]]
+        if funcs:
+            self_t[funcs[-1]] = self_t.get(funcs[-1], 0) + c
+        for f in set(funcs):
+            incl[f] = incl.get(f, 0) + c
+    if not total:
+        return "py-spy produced no samples.\n"
+
+    def table(d, k):
+        rows = ["| share | function (file) |", "|---:|---|"]
+        for f, c in sorted(d.items(), key=lambda x: -x[1])[:k]:
+            rows.append(f"| {100 * c / total:.1f}% | `{f}` |")
+        return "\n".join(rows)
+
+    th = "\n".join(f"| {100 * c / total:.1f}% | {t} |" for t, c in
+                   sorted(threads.items(), key=lambda x: -x[1])[:6])
+    return (f"{total} non-idle samples at 200 Hz; store rate under py-spy {rate:.1f} inst/s.\n\n"
+            f"By thread:\n\n| share | thread |\n|---:|---|\n{th}\n\n"
+            f"Self time (where the CPU is when sampled):\n\n{table(self_t, 20)}\n\n"
+            f"Inclusive time (function on the stack):\n\n{table(incl, 30)}\n")
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def cpu_text(v, unit) -> str:
+    return f"{v['cpu']:.2f} {unit}" if v else "-"
+
+
+def render(results, rss, find_matches, argv_shown, started, args, size_large, size_small,
+           profile_note, servers) -> str:
+    both = len(servers) == 2
+    lines = [
+        "# Performance: pacscore vs Orthanc",
+        "",
+        f"Generated by `bench/run.py` on {started:%Y-%m-%d %H:%M} "
+        f"(took {(dt.datetime.now() - started).total_seconds() / 60:.0f} min).",
+        "",
+        f"- Command: `{argv_shown}`",
+        f"- Machine: {machine()}",
+        f"- Software: {versions()}",
+        f"- Data: {args.large} large instances (CT 512x512x16, {size_large} B) and {args.small} "
+        f"small (MR 64x64x16, {size_small} B), explicit VR little endian; clients are Debian's "
+        "DCMTK (storescu, findscu, movescu, getscu, storescp) with `TCP_NODELAY=1`; all on "
+        "loopback in a private network namespace.",
+        "",
+        "Rates: higher is better for inst/s, lower for ms/query. Ratio = pacscore / Orthanc "
+        "expressed so that > 1 means pacscore is better (Orthanc ms / pacscore ms for C-FIND).",
+        "",
+        "| cell | pacscore | Orthanc | ratio | target | pacscore CPU | Orthanc CPU |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    order = ["store large 1 assoc", "store large 4 assoc", "store small 1 assoc",
+             "store small 4 assoc", *find_queries().keys(), "C-MOVE", "C-GET"]
+    verdicts = []
+    for cell in order:
+        r = results.get(cell, {})
+        p, o = r.get("pacscore"), r.get("Orthanc")
+        unit = (p or o or {}).get("unit", "")
+        cpu_unit = "ms/query" if unit == "ms/query" else "ms/inst"
+        fmt = (lambda v: f"{v['rate']:.2f} {unit}") if unit == "ms/query" else (
+            lambda v: f"{v['rate']:.1f} {unit}")
+        ratio = ""
+        target = ""
+        if p and o:
+            value = o["rate"] / p["rate"] if unit == "ms/query" else p["rate"] / o["rate"]
+            ratio = f"{value:.2f}x"
+            goal = TARGETS.get(cell, 1.0 if unit == "ms/query" else None)
+            if goal is not None:
+                ok = value >= goal
+                target = f">= {goal:.1f}x {'met' if ok else '**missed**'}"
+                verdicts.append((cell, ok))
+        label = cell
+        if cell in ("C-MOVE", "C-GET"):
+            label = f"{cell} {(p or o)['n']} large inst"
+        if cell in find_matches:
+            m = find_matches[cell]
+            label += f" ({'/'.join(str(m[s]) for s in servers)} matches)"
+            if len(set(m.values())) > 1:
+                label += " **results differ**"
+        lines.append(
+            f"| {label} | {fmt(p) if p else '-'} | {fmt(o) if o else '-'} | {ratio} | {target} | "
+            f"{cpu_text(p, cpu_unit)} | {cpu_text(o, cpu_unit)} |")
+    lines += ["", "Peak RSS (VmHWM of the server process, sampled at the end of each server's life; "
+              "a fresh server per store cell, the last one also served the Q/R cells):", "",
+              "| server | " + " | ".join(c for c, _ in next(iter(rss.values()))) + " | max | target |",
+              "|---|" + "---:|" * (len(next(iter(rss.values()))) + 1) + "---|"]
+    for name, samples in rss.items():
+        peak = max(k for _, k in samples) / 1024
+        target = f"< {RSS_TARGET_MIB} MiB " + ("met" if peak < RSS_TARGET_MIB else "**missed**") \
+            if name == "pacscore" else ""
+        lines.append(f"| {name} | " + " | ".join(f"{k / 1024:.0f} MiB" for _, k in samples)
+                     + f" | {peak:.0f} MiB | {target} |")
+    if verdicts:
+        missed = [c for c, ok in verdicts if not ok]
+        lines += ["", f"Targets met: {len(verdicts) - len(missed)}/{len(verdicts)}"
+                  + (f"; missed: {', '.join(missed)}." if missed else ".")]
+    lines += ["", "## Method", "",
+              "- Each store cell starts a **fresh server** (new home / storage / index), stores a "
+              f"warm-up set ({WARM['large']} large + {WARM['small']} small instances, own UIDs), "
+              "then times the storescu process(es) from launch to exit: 1 association = one "
+              "storescu with every file, 4 associations = four storescu in parallel on a quarter "
+              "each. The stored count is checked afterwards (no duplicates are measured).",
+              "- Server CPU = utime+stime of the server process (all threads) from "
+              "/proc/PID/stat, read before the cell and after the server goes idle again "
+              "(so asynchronous post-store work is included), divided by the instance count.",
+              "- C-FIND: study root, STUDY level, 9 return keys; `findscu --repeat N` in one "
+              "association; ms/query = (T(N) - T(1)) / (N - 1), median of 3, so process start "
+              f"and association set-up are excluded (N = {args.find_repeat}). Run against the "
+              "archive of the `store large 4 assoc` cell plus the small set "
+              "(untimed), i.e. large+small instances, warm-up included.",
+              "- C-MOVE: movescu (study root, one C-MOVE at STUDY level with a list of Study UIDs) to a "
+              "storescp started by the bench; C-GET: getscu, same studies; median of 3 runs "
+              "after a warm-up move; the received file count is checked.",
+              "- Orthanc runs with its defaults except ports/AETs/folders, no plugins, "
+              "`DicomAlwaysAllow*` true (SyncStorageArea stays on: it fsyncs files like pacscore; "
+              "its MaximumPduLength default of 16 KB is kept). pacscore runs with its defaults "
+              "(SQLite index, fsync of file and directory, `synchronous=full`), "
+              "`max_find_results=100000`, min free space 0.",
+              ""]
+    if profile_note:
+        lines += ["## Where pacscore's time goes (py-spy, small instances, 1 association)", "",
+                  "A separate, unmeasured run of the `store small 1 assoc` cell with "
+                  "`py-spy record --rate 200 --nonblocking --threads --format raw` attached to the "
+                  "server (bench/out/profile-small-store.txt; flame graph of a second pass: "
+                  "bench/out/profile-small-store.svg).", "", profile_note]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
