@@ -15,7 +15,7 @@ from peewee import SQL, Node, NodeList, Value, fn
 from pydicom.multival import MultiValue
 
 from pacscore.dicom.header import normalize_text
-from pacscore.models import Instance, Patient, Series, Study
+from pacscore.models import Instance, Patient, Series, Study, is_sqlite
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -123,7 +123,19 @@ def like_pattern(text: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+def glob_pattern(text: str) -> str:
+    """DICOM wildcards to an SQLite GLOB pattern: only ``[`` is special besides ``*?``."""
+    return text.replace("[", "[[]")
+
+
 def like(column, pattern: str) -> Node:
+    """Wildcard matching, case-sensitive on both databases.
+
+    SQLite's LIKE ignores ASCII case (PostgreSQL's does not): GLOB is its
+    case-sensitive equivalent, and can use an index for a prefix.
+    """
+    if is_sqlite():
+        return NodeList((column, SQL("GLOB"), Value(glob_pattern(pattern))))
     return NodeList((column, SQL("LIKE"), Value(like_pattern(pattern)), SQL("ESCAPE '!'")))
 
 

@@ -472,14 +472,6 @@ def test_many_broken_connections_release_their_threads(pacs):
     check_alive(pacs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pacscore.dicom.server: a connection closed before its A-ASSOCIATE-RQ holds one "
-    "of the 64 association slots for the whole ACSE timeout (pynetdicom's acceptor waits "
-    "for the request without noticing the closed socket), so 65 bare TCP connects in 30 s "
-    "make the server reject every peer with 'Local Limit Exceeded'",
-)
 def test_connections_closed_before_associating_free_their_slot(pacs):
     for _ in range(MAX_ASSOCIATIONS + 6):  # a port scanner or a TCP health check
         with RawPeer(pacs.dicom_port) as peer:

@@ -39,17 +39,16 @@ def _matches(event) -> tuple[list[Instance] | None, Dataset | None]:
 
 
 def presentation_contexts(instances: list[Instance]) -> list:
-    """Per SOP class: one context per other stored syntax, plus one little endian."""
+    """Per SOP class: one context per stored syntax (sent as stored when accepted),
+    plus one offering both little endian syntaxes as a fallback for uncompressed data."""
     syntaxes: dict[str, set[str]] = defaultdict(set)
     for instance in instances:
         syntaxes[instance.sop_class_uid].add(instance.transfer_syntax)
     contexts = []
     for sop_class, stored in syntaxes.items():
-        for ts in sorted(stored):
-            if ts in UNCOMPRESSED:
-                continue
-            contexts.append(build_context(sop_class, [ts]))
-        contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
+        contexts += [build_context(sop_class, [ts]) for ts in sorted(stored)]
+        if stored & set(UNCOMPRESSED):
+            contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
     return contexts[:MAX_CONTEXTS]
 
 

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacscore.dicom import access, nodelay, rawsend
+from pacscore.dicom import access, dul_guard, nodelay, rawsend
 from pacscore.dicom.find import handle_find
 from pacscore.dicom.retrieve import handle_get, handle_move
 from pacscore.dicom.store import handle_store
@@ -67,6 +67,7 @@ def install_extensions() -> None:
     access.install()
     rawsend.install()
     nodelay.install()
+    dul_guard.install()
     # pynetdicom formats every identifier for its log even when nobody reads it
     debug = log.isEnabledFor(logging.DEBUG)
     _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
