@@ -30,14 +30,56 @@ MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 UID_ROOT = "1.2.826.0.1.3680043.10.1523.9"  # pacscore's root + a bench arc
 
 LAST_NAMES = [
-    "SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER", "DAVIS",
-    "MARTIN", "BERNARD", "DUBOIS", "THOMAS", "ROBERT", "RICHARD", "PETIT", "DURAND",
-    "LEROY", "MOREAU", "SIMON", "LAURENT", "MUELLER", "SCHMIDT", "SCHNEIDER", "FISCHER",
-    "WEBER", "MEYER", "WAGNER", "BECKER", "ROSSI", "RUSSO", "FERRARI", "ESPOSITO",
+    "SMITH",
+    "JOHNSON",
+    "WILLIAMS",
+    "BROWN",
+    "JONES",
+    "GARCIA",
+    "MILLER",
+    "DAVIS",
+    "MARTIN",
+    "BERNARD",
+    "DUBOIS",
+    "THOMAS",
+    "ROBERT",
+    "RICHARD",
+    "PETIT",
+    "DURAND",
+    "LEROY",
+    "MOREAU",
+    "SIMON",
+    "LAURENT",
+    "MUELLER",
+    "SCHMIDT",
+    "SCHNEIDER",
+    "FISCHER",
+    "WEBER",
+    "MEYER",
+    "WAGNER",
+    "BECKER",
+    "ROSSI",
+    "RUSSO",
+    "FERRARI",
+    "ESPOSITO",
 ]
 FIRST_NAMES = [
-    "JOHN", "MARY", "PETER", "ANNA", "LUC", "MARIE", "HANS", "GRETA", "PAOLO", "GIULIA",
-    "JAMES", "LINDA", "PIERRE", "SOPHIE", "KARL", "EVA",
+    "JOHN",
+    "MARY",
+    "PETER",
+    "ANNA",
+    "LUC",
+    "MARIE",
+    "HANS",
+    "GRETA",
+    "PAOLO",
+    "GIULIA",
+    "JAMES",
+    "LINDA",
+    "PIERRE",
+    "SOPHIE",
+    "KARL",
+    "EVA",
 ]
 N_PATIENTS = 200
 
@@ -55,10 +97,26 @@ class Kind:
 
 
 KINDS = {
-    "large": Kind("large", CT_IMAGE, "CT", 512, 25, 2, ("CHEST", "ABDOMEN", "HEAD"),
-                  ("CT THORAX", "CT ABDOMEN PELVIS", "CT HEAD W/O")),
-    "small": Kind("small", MR_IMAGE, "MR", 64, 5, 2, ("BRAIN", "KNEE", "SPINE"),
-                  ("MR BRAIN", "MR KNEE LEFT", "MR LUMBAR SPINE")),
+    "large": Kind(
+        "large",
+        CT_IMAGE,
+        "CT",
+        512,
+        25,
+        2,
+        ("CHEST", "ABDOMEN", "HEAD"),
+        ("CT THORAX", "CT ABDOMEN PELVIS", "CT HEAD W/O"),
+    ),
+    "small": Kind(
+        "small",
+        MR_IMAGE,
+        "MR",
+        64,
+        5,
+        2,
+        ("BRAIN", "KNEE", "SPINE"),
+        ("MR BRAIN", "MR KNEE LEFT", "MR LUMBAR SPINE"),
+    ),
 }
 # a data set tag keeps the UIDs of different sets apart (warm-up vs measured)
 SET_CODES = {"large": 1, "small": 2, "warm-large": 3, "warm-small": 4}
@@ -67,9 +125,11 @@ SET_CODES = {"large": 1, "small": 2, "warm-large": 3, "warm-small": 4}
 def patient(i: int) -> dict:
     rng = random.Random(1000 + i)
     birth = date(1930, 1, 1) + timedelta(days=rng.randrange(0, 365 * 85))
+    last = LAST_NAMES[i % len(LAST_NAMES)]
+    first = FIRST_NAMES[(i * 7) % len(FIRST_NAMES)]
     return {
         "PatientID": f"PID{i:06d}",
-        "PatientName": f"{LAST_NAMES[i % len(LAST_NAMES)]}^{FIRST_NAMES[(i * 7) % len(FIRST_NAMES)]}",
+        "PatientName": f"{last}^{first}",
         "PatientBirthDate": birth.strftime("%Y%m%d"),
         "PatientSex": "MF"[i % 2],
     }

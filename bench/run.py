@@ -11,6 +11,7 @@ interface.  See bench/README.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -77,8 +78,10 @@ def dcmtk(tool: str, *args, check=True, capture=False, timeout=3600) -> subproce
         timeout=timeout,
     )
     if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:8])}... exited {res.returncode}: "
-                           f"{(res.stdout or res.stderr or '')[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:8])}... exited {res.returncode}: "
+            f"{(res.stdout or res.stderr or '')[-2000:]}"
+        )
     return res
 
 
@@ -140,8 +143,16 @@ class Server:
             try:
                 with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
                     pass
-                res = dcmtk("echoscu", "-aet", CLIENT_AET, "-aec", self.aet,
-                            "127.0.0.1", self.dicom_port, check=False)
+                res = dcmtk(
+                    "echoscu",
+                    "-aet",
+                    CLIENT_AET,
+                    "-aec",
+                    self.aet,
+                    "127.0.0.1",
+                    self.dicom_port,
+                    check=False,
+                )
                 if res.returncode == 0:
                     return
             except OSError:
@@ -172,23 +183,64 @@ class Pacscore(Server):
 
     def setup(self) -> None:
         home = self.root
-        run = lambda *a: subprocess.run([*PACSCORE, "--home", str(home), *a], check=True,  # noqa: E731
-                                        stdout=subprocess.DEVNULL)
+
+        def run(*a: str) -> None:
+            subprocess.run(
+                [*PACSCORE, "--home", str(home), *a], check=True, stdout=subprocess.DEVNULL
+            )
+
         run("init", "--aet", self.aet)
-        run("node", "add", "bench", "--aet", CLIENT_AET, "--host", "127.0.0.1",
-            "--port", "11998", "--allow", "store,find,move,get")
-        run("node", "add", "dest", "--aet", DEST_AET, "--host", "127.0.0.1",
-            "--port", str(DEST_PORT), "--allow", "store")
+        run(
+            "node",
+            "add",
+            "bench",
+            "--aet",
+            CLIENT_AET,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "11998",
+            "--allow",
+            "store,find,move,get",
+        )
+        run(
+            "node",
+            "add",
+            "dest",
+            "--aet",
+            DEST_AET,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(DEST_PORT),
+            "--allow",
+            "store",
+        )
         run("settings", "--set", "max_find_results=100000")
         run("storage", "set", "default", "--min-free-mb", "0")
 
     def start(self) -> None:
-        self.logfile = open(self.root / "serve.out", "ab")
+        # stays open for the server process's lifetime; closed in Server.stop()
+        self.logfile = open(self.root / "serve.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*PACSCORE, "--home", str(self.root), "serve", "--host", "127.0.0.1",
-             "--aet", self.aet, "--dicom-port", str(self.dicom_port),
-             "--http-port", str(self.http_port), "--hl7-port", str(self.http_port + 1)],
-            stdout=self.logfile, stderr=subprocess.STDOUT,
+            [
+                *PACSCORE,
+                "--home",
+                str(self.root),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--aet",
+                self.aet,
+                "--dicom-port",
+                str(self.dicom_port),
+                "--http-port",
+                str(self.http_port),
+                "--hl7-port",
+                str(self.http_port + 1),
+            ],
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
         )
         self.wait_ready()
 
@@ -232,10 +284,15 @@ class Orthanc(Server):
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=2))
 
     def start(self) -> None:
-        self.logfile = open(self.root / "orthanc.out", "ab")
-        self.proc = subprocess.Popen([ORTHANC, str(self.root / "orthanc.json")],
-                                     env=client_env(), cwd=self.root,
-                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+        # stays open for the server process's lifetime; closed in Server.stop()
+        self.logfile = open(self.root / "orthanc.out", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(self.root / "orthanc.json")],
+            env=client_env(),
+            cwd=self.root,
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_ready()
 
     def rest(self, path: str):
@@ -267,10 +324,23 @@ def store(server: Server, dirs: list[Path]) -> float:
     procs = []
     t0 = time.perf_counter()
     for d in dirs:
-        cmd = [f"{DCMTK}/storescu", "-aet", CLIENT_AET, "-aec", server.aet,
-               "+sd", "+r", "127.0.0.1", str(server.dicom_port), str(d)]
-        procs.append(subprocess.Popen(cmd, env=client_env(), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+        cmd = [
+            f"{DCMTK}/storescu",
+            "-aet",
+            CLIENT_AET,
+            "-aec",
+            server.aet,
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(server.dicom_port),
+            str(d),
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        )
     errors = []
     for p in procs:
         _, err = p.communicate()
@@ -301,9 +371,15 @@ def query_args(query: dict) -> list[str]:
 
 
 STUDY_RETURN_KEYS = {
-    "PatientName": None, "PatientID": None, "PatientBirthDate": None, "StudyDate": None,
-    "StudyTime": None, "AccessionNumber": None, "StudyDescription": None,
-    "ModalitiesInStudy": None, "StudyInstanceUID": None,
+    "PatientName": None,
+    "PatientID": None,
+    "PatientBirthDate": None,
+    "StudyDate": None,
+    "StudyTime": None,
+    "AccessionNumber": None,
+    "StudyDescription": None,
+    "ModalitiesInStudy": None,
+    "StudyInstanceUID": None,
 }
 
 
@@ -356,9 +432,20 @@ class Destination:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [f"{DCMTK}/storescp", "-aet", DEST_AET, "--max-pdu", "131072",
-             "-od", str(self.folder), str(DEST_PORT)],
-            env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                f"{DCMTK}/storescp",
+                "-aet",
+                DEST_AET,
+                "--max-pdu",
+                "131072",
+                "-od",
+                str(self.folder),
+                str(DEST_PORT),
+            ],
+            env=client_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         end = time.monotonic() + 10
         while time.monotonic() < end:
             try:
@@ -379,8 +466,9 @@ def clear(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def retrieve_cell(server: Server, op: str, study_uids: list[str], expected: int,
-                  recv: Path, runs: int = 3) -> tuple[float, float]:
+def retrieve_cell(
+    server: Server, op: str, study_uids: list[str], expected: int, recv: Path, runs: int = 3
+) -> tuple[float, float]:
     """(instances/s, server CPU ms/instance), median of ``runs``.
 
     One C-MOVE / C-GET at STUDY level whose StudyInstanceUID is a list of UIDs
@@ -392,11 +480,35 @@ def retrieve_cell(server: Server, op: str, study_uids: list[str], expected: int,
         c0 = cpu_seconds(server.pid)
         t0 = time.perf_counter()
         if op == "move":
-            dcmtk("movescu", "-S", "-aet", CLIENT_AET, "-aec", server.aet, "-aem", DEST_AET,
-                  *keys, "127.0.0.1", server.dicom_port)
+            dcmtk(
+                "movescu",
+                "-S",
+                "-aet",
+                CLIENT_AET,
+                "-aec",
+                server.aet,
+                "-aem",
+                DEST_AET,
+                *keys,
+                "127.0.0.1",
+                server.dicom_port,
+            )
         else:
-            dcmtk("getscu", "-S", "-aet", CLIENT_AET, "-aec", server.aet, "--max-pdu", "131072",
-                  "-od", recv, *keys, "127.0.0.1", server.dicom_port)
+            dcmtk(
+                "getscu",
+                "-S",
+                "-aet",
+                CLIENT_AET,
+                "-aec",
+                server.aet,
+                "--max-pdu",
+                "131072",
+                "-od",
+                recv,
+                *keys,
+                "127.0.0.1",
+                server.dicom_port,
+            )
         elapsed = time.perf_counter() - t0
         cpu = settle_cpu(server.pid, quiet=0.3) - c0
         got = sum(1 for _ in recv.iterdir())
@@ -420,26 +532,35 @@ def machine() -> str:
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     osname = "?"
-    try:
+    with contextlib.suppress(OSError):
         osname = platform.freedesktop_os_release().get("PRETTY_NAME", "?")
-    except OSError:
-        pass
-    return f"nproc {os.cpu_count()}, CPU {cpu}, RAM {mem:.0f} GiB, {osname}, kernel {platform.release()}"
+    return (
+        f"nproc {os.cpu_count()}, CPU {cpu}, RAM {mem:.0f} GiB, {osname}, "
+        f"kernel {platform.release()}"
+    )
 
 
 def versions() -> str:
-    orth = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    orth = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True).stdout.split(
+        "\n"
+    )[0]
     dcm = subprocess.run([f"{DCMTK}/storescu", "--version"], capture_output=True, text=True).stdout
-    dcm = next((l for l in dcm.splitlines() if "$dcmtk" in l), "?").strip(" $").split(": ", 1)[-1]
+    dcm = next((line for line in dcm.splitlines() if "$dcmtk" in line), "?")
+    dcm = dcm.strip(" $").split(": ", 1)[-1]
     from importlib.metadata import version
 
-    py = (f"pacscore {version('pacscore')}, pynetdicom {version('pynetdicom')}, "
-          f"pydicom {version('pydicom')}, peewee {version('peewee')}, Python {platform.python_version()}")
+    py = (
+        f"pacscore {version('pacscore')}, pynetdicom {version('pynetdicom')}, "
+        f"pydicom {version('pydicom')}, peewee {version('peewee')}, "
+        f"Python {platform.python_version()}"
+    )
     return f"{py}; {orth.strip()}; DCMTK {dcm} (Debian)"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--large", type=int, default=4000, help="large instances per store cell")
     ap.add_argument("--small", type=int, default=4000, help="small instances per store cell")
     ap.add_argument("--out", type=Path, default=HERE / "out", help="work folder (data, homes)")
@@ -451,11 +572,19 @@ def main() -> int:
     ap.add_argument("--only", choices=["pacscore", "Orthanc"], help="run one server only")
     args = ap.parse_args()
     argv_shown = "/work/main/.venv/bin/python bench/run.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:])
+        shlex.quote(a) for a in sys.argv[1:]
+    )
 
     if os.environ.get("PACSCORE_BENCH_NETNS") != "1":
         env = dict(os.environ, PACSCORE_BENCH_NETNS="1", PACSCORE_BENCH_ARGV=argv_shown)
-        cmd = ["unshare", "--net", "--", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+        cmd = [
+            "unshare",
+            "--net",
+            "--",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *sys.argv[1:],
+        ]
         return subprocess.call(cmd, env=env)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     argv_shown = os.environ.get("PACSCORE_BENCH_ARGV", argv_shown)
@@ -469,15 +598,21 @@ def main() -> int:
     # -- data ------------------------------------------------------------------
     t0 = time.perf_counter()
     sets = {}
-    for set_name, kind, count in [("large", "large", args.large), ("small", "small", args.small),
-                                  ("warm-large", "large", WARM["large"]),
-                                  ("warm-small", "small", WARM["small"])]:
+    for set_name, kind, count in [
+        ("large", "large", args.large),
+        ("small", "small", args.small),
+        ("warm-large", "large", WARM["large"]),
+        ("warm-small", "small", WARM["small"]),
+    ]:
         folder = data / set_name
         shutil.rmtree(folder, ignore_errors=True)
         sets[set_name] = gen.generate(folder, set_name, kind, count)
     size_large = os.path.getsize(next(sets["large"][0].iterdir()))
     size_small = os.path.getsize(next(sets["small"][0].iterdir()))
-    log(f"generated data in {time.perf_counter() - t0:.0f}s: large {size_large} B, small {size_small} B")
+    log(
+        f"generated data in {time.perf_counter() - t0:.0f}s: "
+        f"large {size_large} B, small {size_small} B"
+    )
     warm_dirs = [data / "warm-large", data / "warm-small"]
     n_warm = WARM["large"] + WARM["small"]
 
@@ -510,10 +645,13 @@ def main() -> int:
                 if stored != n:
                     raise RuntimeError(f"{name} {cell}: {stored} stored, expected {n}")
                 rate = n / elapsed
-                record(cell, name, rate=rate, cpu=(c1 - c0) / n * 1000, unit="inst/s",
-                       elapsed=elapsed)
-                log(f"{cell:26s} {name:8s} {rate:8.1f} inst/s  {elapsed:6.1f}s  "
-                    f"CPU {(c1 - c0) / n * 1000:.2f} ms/inst")
+                record(
+                    cell, name, rate=rate, cpu=(c1 - c0) / n * 1000, unit="inst/s", elapsed=elapsed
+                )
+                log(
+                    f"{cell:26s} {name:8s} {rate:8.1f} inst/s  {elapsed:6.1f}s  "
+                    f"CPU {(c1 - c0) / n * 1000:.2f} ms/inst"
+                )
 
                 if (kind, nassoc) == ("large", 4):
                     # query/retrieve on this archive plus the small set (untimed)
@@ -526,8 +664,10 @@ def main() -> int:
                         ms, matches, cpu = find_cell(server, query, args.find_repeat)
                         record(qname, name, rate=ms, cpu=cpu, unit="ms/query")
                         find_matches.setdefault(qname, {})[name] = matches
-                        log(f"{qname:26s} {name:8s} {ms:8.2f} ms/query ({matches} matches) "
-                            f"CPU {cpu:.2f} ms/query")
+                        log(
+                            f"{qname:26s} {name:8s} {ms:8.2f} ms/query ({matches} matches) "
+                            f"CPU {cpu:.2f} ms/query"
+                        )
                     studies, total_r, last_k = [], 0, 0
                     for uid, k in gen.studies_of("large", "large", n):
                         if total_r >= args.retrieve:
@@ -539,14 +679,22 @@ def main() -> int:
                     try:
                         # warm-up retrieve of one study
                         retrieve_cell(server, "move", studies[-1:], last_k, out / "recv-move", 1)
-                        rate, cpu = retrieve_cell(server, "move", studies, total_r, out / "recv-move")
+                        rate, cpu = retrieve_cell(
+                            server, "move", studies, total_r, out / "recv-move"
+                        )
                     finally:
                         destination.stop()
                     record("C-MOVE", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
-                    log(f"{'C-MOVE':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+                    log(
+                        f"{'C-MOVE':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) "
+                        f"CPU {cpu:.2f} ms/inst"
+                    )
                     rate, cpu = retrieve_cell(server, "get", studies, total_r, out / "recv-get")
                     record("C-GET", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
-                    log(f"{'C-GET':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+                    log(
+                        f"{'C-GET':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) "
+                        f"CPU {cpu:.2f} ms/inst"
+                    )
                 rss[name].append((cell, vm_hwm_kib(server.pid)))
             finally:
                 server.destroy()
@@ -561,8 +709,18 @@ def main() -> int:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(out / "homes", ignore_errors=True)
 
-    report = render(results, rss, find_matches, argv_shown, started, args, size_large,
-                    size_small, profile_note, servers)
+    report = render(
+        results,
+        rss,
+        find_matches,
+        argv_shown,
+        started,
+        args,
+        size_large,
+        size_small,
+        profile_note,
+        servers,
+    )
     print(report)
     if args.report:
         # hand-written notes below the marker survive a re-run
@@ -571,8 +729,9 @@ def main() -> int:
             kept = args.report.read_text().split(ANALYSIS_MARKER, 1)[1]
         args.report.write_text(report + "\n" + ANALYSIS_MARKER + kept if kept else report)
         log(f"report written to {args.report}")
-    (out / "results.json").write_text(json.dumps(
-        {"results": results, "rss_kib": rss, "find_matches": find_matches}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"results": results, "rss_kib": rss, "find_matches": find_matches}, indent=2)
+    )
     return 0
 
 
@@ -588,9 +747,24 @@ def profile_pacscore(out: Path, sets, warm_dirs, n_warm: int, n: int) -> str:
         store(server, warm_dirs)
         wait_count(server, n_warm)
         settle_cpu(server.pid)
-        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid),
-                                "--rate", "200", "--format", "raw", "--threads", "--nonblocking",
-                                "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy = subprocess.Popen(
+            [
+                str(VENV_BIN / "py-spy"),
+                "record",
+                "--pid",
+                str(server.pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                "--nonblocking",
+                "-o",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(1.5)
         elapsed = store(server, [out / "data" / "small"])
         settle_cpu(server.pid)
@@ -603,9 +777,21 @@ def profile_pacscore(out: Path, sets, warm_dirs, n_warm: int, n: int) -> str:
     try:
         store(server, warm_dirs)
         wait_count(server, n_warm)
-        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(server.pid),
-                                "--rate", "200", "--nonblocking", "-o", str(svg)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy = subprocess.Popen(
+            [
+                str(VENV_BIN / "py-spy"),
+                "record",
+                "--pid",
+                str(server.pid),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "-o",
+                str(svg),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(1.5)
         store(server, [out / "data" / "small"])
         settle_cpu(server.pid)
@@ -633,8 +819,12 @@ def summarize_profile(raw: Path, rate: float) -> str:
         frames = stack.split(";")
         thread = re.sub(r"\(\d+\)|@\d+", "", frames[0]).replace("thread : ", "").strip()
         threads[thread] = threads.get(thread, 0) + c
-        funcs = [f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 1)[-1]
-                 + ")" if " (" in f else f for f in frames[1:]]
+        funcs = [
+            f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in frames[1:]
+        ]
         if funcs:
             self_t[funcs[-1]] = self_t.get(funcs[-1], 0) + c
         for f in set(funcs):
@@ -648,24 +838,41 @@ def summarize_profile(raw: Path, rate: float) -> str:
             rows.append(f"| {100 * c / total:.1f}% | `{f}` |")
         return "\n".join(rows)
 
-    th = "\n".join(f"| {100 * c / total:.1f}% | {t} |" for t, c in
-                   sorted(threads.items(), key=lambda x: -x[1])[:6])
-    return (f"{total} non-idle samples at 200 Hz; store rate under py-spy {rate:.1f} inst/s.\n\n"
-            f"By thread:\n\n| share | thread |\n|---:|---|\n{th}\n\n"
-            f"Self time (where the CPU is when sampled):\n\n{table(self_t, 20)}\n\n"
-            f"Inclusive time (function on the stack):\n\n{table(incl, 30)}\n")
+    th = "\n".join(
+        f"| {100 * c / total:.1f}% | {t} |"
+        for t, c in sorted(threads.items(), key=lambda x: -x[1])[:6]
+    )
+    return (
+        f"{total} non-idle samples at 200 Hz; store rate under py-spy {rate:.1f} inst/s.\n\n"
+        f"By thread:\n\n| share | thread |\n|---:|---|\n{th}\n\n"
+        f"Self time (where the CPU is when sampled):\n\n{table(self_t, 20)}\n\n"
+        f"Inclusive time (function on the stack):\n\n{table(incl, 30)}\n"
+    )
 
 
 # -- report ------------------------------------------------------------------------------
+
+
+def rate_text(v, unit) -> str:
+    return f"{v['rate']:.2f} {unit}" if unit == "ms/query" else f"{v['rate']:.1f} {unit}"
 
 
 def cpu_text(v, unit) -> str:
     return f"{v['cpu']:.2f} {unit}" if v else "-"
 
 
-def render(results, rss, find_matches, argv_shown, started, args, size_large, size_small,
-           profile_note, servers) -> str:
-    both = len(servers) == 2
+def render(
+    results,
+    rss,
+    find_matches,
+    argv_shown,
+    started,
+    args,
+    size_large,
+    size_small,
+    profile_note,
+    servers,
+) -> str:
     lines = [
         "# Performance: pacscore vs Orthanc",
         "",
@@ -686,16 +893,21 @@ def render(results, rss, find_matches, argv_shown, started, args, size_large, si
         "| cell | pacscore | Orthanc | ratio | target | pacscore CPU | Orthanc CPU |",
         "|---|---:|---:|---:|---|---:|---:|",
     ]
-    order = ["store large 1 assoc", "store large 4 assoc", "store small 1 assoc",
-             "store small 4 assoc", *find_queries().keys(), "C-MOVE", "C-GET"]
+    order = [
+        "store large 1 assoc",
+        "store large 4 assoc",
+        "store small 1 assoc",
+        "store small 4 assoc",
+        *find_queries().keys(),
+        "C-MOVE",
+        "C-GET",
+    ]
     verdicts = []
     for cell in order:
         r = results.get(cell, {})
         p, o = r.get("pacscore"), r.get("Orthanc")
         unit = (p or o or {}).get("unit", "")
         cpu_unit = "ms/query" if unit == "ms/query" else "ms/inst"
-        fmt = (lambda v: f"{v['rate']:.2f} {unit}") if unit == "ms/query" else (
-            lambda v: f"{v['rate']:.1f} {unit}")
         ratio = ""
         target = ""
         if p and o:
@@ -715,51 +927,75 @@ def render(results, rss, find_matches, argv_shown, started, args, size_large, si
             if len(set(m.values())) > 1:
                 label += " **results differ**"
         lines.append(
-            f"| {label} | {fmt(p) if p else '-'} | {fmt(o) if o else '-'} | {ratio} | {target} | "
-            f"{cpu_text(p, cpu_unit)} | {cpu_text(o, cpu_unit)} |")
-    lines += ["", "Peak RSS (VmHWM of the server process, sampled at the end of each server's life; "
-              "a fresh server per store cell, the last one also served the Q/R cells):", "",
-              "| server | " + " | ".join(c for c, _ in next(iter(rss.values()))) + " | max | target |",
-              "|---|" + "---:|" * (len(next(iter(rss.values()))) + 1) + "---|"]
+            f"| {label} | {rate_text(p, unit) if p else '-'} | "
+            f"{rate_text(o, unit) if o else '-'} | {ratio} | {target} | "
+            f"{cpu_text(p, cpu_unit)} | {cpu_text(o, cpu_unit)} |"
+        )
+    lines += [
+        "",
+        "Peak RSS (VmHWM of the server process, sampled at the end of each server's life; "
+        "a fresh server per store cell, the last one also served the Q/R cells):",
+        "",
+        "| server | " + " | ".join(c for c, _ in next(iter(rss.values()))) + " | max | target |",
+        "|---|" + "---:|" * (len(next(iter(rss.values()))) + 1) + "---|",
+    ]
     for name, samples in rss.items():
         peak = max(k for _, k in samples) / 1024
-        target = f"< {RSS_TARGET_MIB} MiB " + ("met" if peak < RSS_TARGET_MIB else "**missed**") \
-            if name == "pacscore" else ""
-        lines.append(f"| {name} | " + " | ".join(f"{k / 1024:.0f} MiB" for _, k in samples)
-                     + f" | {peak:.0f} MiB | {target} |")
+        target = (
+            f"< {RSS_TARGET_MIB} MiB " + ("met" if peak < RSS_TARGET_MIB else "**missed**")
+            if name == "pacscore"
+            else ""
+        )
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{k / 1024:.0f} MiB" for _, k in samples)
+            + f" | {peak:.0f} MiB | {target} |"
+        )
     if verdicts:
         missed = [c for c, ok in verdicts if not ok]
-        lines += ["", f"Targets met: {len(verdicts) - len(missed)}/{len(verdicts)}"
-                  + (f"; missed: {', '.join(missed)}." if missed else ".")]
-    lines += ["", "## Method", "",
-              "- Each store cell starts a **fresh server** (new home / storage / index), stores a "
-              f"warm-up set ({WARM['large']} large + {WARM['small']} small instances, own UIDs), "
-              "then times the storescu process(es) from launch to exit: 1 association = one "
-              "storescu with every file, 4 associations = four storescu in parallel on a quarter "
-              "each. The stored count is checked afterwards (no duplicates are measured).",
-              "- Server CPU = utime+stime of the server process (all threads) from "
-              "/proc/PID/stat, read before the cell and after the server goes idle again "
-              "(so asynchronous post-store work is included), divided by the instance count.",
-              "- C-FIND: study root, STUDY level, 9 return keys; `findscu --repeat N` in one "
-              "association; ms/query = (T(N) - T(1)) / (N - 1), median of 3, so process start "
-              f"and association set-up are excluded (N = {args.find_repeat}). Run against the "
-              "archive of the `store large 4 assoc` cell plus the small set "
-              "(untimed), i.e. large+small instances, warm-up included.",
-              "- C-MOVE: movescu (study root, one C-MOVE at STUDY level with a list of Study UIDs) to a "
-              "storescp started by the bench; C-GET: getscu, same studies; median of 3 runs "
-              "after a warm-up move; the received file count is checked.",
-              "- Orthanc runs with its defaults except ports/AETs/folders, no plugins, "
-              "`DicomAlwaysAllow*` true (SyncStorageArea stays on: it fsyncs files like pacscore; "
-              "its MaximumPduLength default of 16 KB is kept). pacscore runs with its defaults "
-              "(SQLite index, fsync of file and directory, `synchronous=full`), "
-              "`max_find_results=100000`, min free space 0.",
-              ""]
+        lines += [
+            "",
+            f"Targets met: {len(verdicts) - len(missed)}/{len(verdicts)}"
+            + (f"; missed: {', '.join(missed)}." if missed else "."),
+        ]
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- Each store cell starts a **fresh server** (new home / storage / index), stores a "
+        f"warm-up set ({WARM['large']} large + {WARM['small']} small instances, own UIDs), "
+        "then times the storescu process(es) from launch to exit: 1 association = one "
+        "storescu with every file, 4 associations = four storescu in parallel on a quarter "
+        "each. The stored count is checked afterwards (no duplicates are measured).",
+        "- Server CPU = utime+stime of the server process (all threads) from "
+        "/proc/PID/stat, read before the cell and after the server goes idle again "
+        "(so asynchronous post-store work is included), divided by the instance count.",
+        "- C-FIND: study root, STUDY level, 9 return keys; `findscu --repeat N` in one "
+        "association; ms/query = (T(N) - T(1)) / (N - 1), median of 3, so process start "
+        f"and association set-up are excluded (N = {args.find_repeat}). Run against the "
+        "archive of the `store large 4 assoc` cell plus the small set "
+        "(untimed), i.e. large+small instances, warm-up included.",
+        "- C-MOVE: movescu (study root, one C-MOVE at STUDY level with a list of Study UIDs) to a "
+        "storescp started by the bench; C-GET: getscu, same studies; median of 3 runs "
+        "after a warm-up move; the received file count is checked.",
+        "- Orthanc runs with its defaults except ports/AETs/folders, no plugins, "
+        "`DicomAlwaysAllow*` true (SyncStorageArea stays on: it fsyncs files like pacscore; "
+        "its MaximumPduLength default of 16 KB is kept). pacscore runs with its defaults "
+        "(SQLite index, fsync of file and directory, `synchronous=full`), "
+        "`max_find_results=100000`, min free space 0.",
+        "",
+    ]
     if profile_note:
-        lines += ["## Where pacscore's time goes (py-spy, small instances, 1 association)", "",
-                  "A separate, unmeasured run of the `store small 1 assoc` cell with "
-                  "`py-spy record --rate 200 --nonblocking --threads --format raw` attached to the "
-                  "server (bench/out/profile-small-store.txt; flame graph of a second pass: "
-                  "bench/out/profile-small-store.svg).", "", profile_note]
+        lines += [
+            "## Where pacscore's time goes (py-spy, small instances, 1 association)",
+            "",
+            "A separate, unmeasured run of the `store small 1 assoc` cell with "
+            "`py-spy record --rate 200 --nonblocking --threads --format raw` attached to the "
+            "server (bench/out/profile-small-store.txt; flame graph of a second pass: "
+            "bench/out/profile-small-store.svg).",
+            "",
+            profile_note,
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -65,7 +65,10 @@ def find_sop_uids(pacs: PacsProcess, patient_id: str) -> set[str]:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Find Response" in output, output
-    return set(re.findall(r"\(0008,0018\) UI \[([0-9.]+)\]", output))
+    # DCMTK prints the NUL that pads an odd-length UID
+    found = re.findall(r"\(0008,0018\) UI \[([0-9.]+)\x00?\]", output)
+    assert len(found) == output.count("(Pending)"), output
+    return set(found)
 
 
 def declare_finder(pacs: PacsProcess) -> None:
@@ -161,10 +164,26 @@ BAD_ARGUMENTS = [
     (["node", "add", "x", "--aet", "A", "--host", "h", "--port", "0"], r"invalid port 0"),
     (["node", "add", "x", "--aet", "A", "--host", "h", "--port", "65536"], r"invalid port"),
     (["node", "add", "x", "--aet", "A" * 17, "--host", "h", "--port", "104"], r"1 to 16"),
-    (["node", "add", "x", "--aet", "A", "--host", "h", "--port", "104",
-      "--allow", "store,teleport"], r"unknown right\(s\) teleport"),  # fmt: skip
-    (["node", "add", "ct", "--aet", "OTHER", "--host", "h", "--port", "104"],
-     r"a node named 'ct' already exists"),  # fmt: skip
+    (
+        [
+            "node",
+            "add",
+            "x",
+            "--aet",
+            "A",
+            "--host",
+            "h",
+            "--port",
+            "104",
+            "--allow",
+            "store,teleport",
+        ],
+        r"unknown right\(s\) teleport",
+    ),  # fmt: skip
+    (
+        ["node", "add", "ct", "--aet", "OTHER", "--host", "h", "--port", "104"],
+        r"a node named 'ct' already exists",
+    ),  # fmt: skip
     (["node", "remove", "nobody"], r"no node named 'nobody'"),
     (["echo", "nobody"], r"no node named 'nobody'"),
     (["import", "/no/such/folder"], r"no such file or folder: /no/such/folder"),
@@ -236,7 +255,6 @@ def test_echo_a_declared_node(server):
     assert result.returncode != 0
     assert "C-ECHO to gone failed" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-
 
 
 # -- import -------------------------------------------------------------------------------

@@ -55,9 +55,7 @@ def outbox() -> None:
                 self.pacs.hooks.call_each(event.hook, pacs=self.pacs, **kwargs)
             if events:
                 with write_transaction():
-                    OutboxEvent.delete().where(
-                        OutboxEvent.id.in_([e.id for e in events])
-                    ).execute()
+                    OutboxEvent.delete().where(OutboxEvent.id.in_([e.id for e in events])).execute()
         return len(events)
 
     ob.Outbox.drain = drain
