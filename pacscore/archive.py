@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, BinaryIO
 from peewee import fn
 
 from pacscore.dicom import status
-from pacscore.dicom.header import Header, InvalidDicom, normalize_text, read_header
+from pacscore.dicom.header import (
+    Header,
+    InvalidDicom,
+    check_complete,
+    normalize_text,
+    read_header,
+)
 from pacscore.models import (
     Instance,
     Patient,
@@ -150,6 +156,7 @@ class Archive:
         """Store one data set (the bytes after the file meta), exactly as received."""
         try:
             header = read_header(data, transfer_syntax)
+            check_complete(data, transfer_syntax)
         except InvalidDicom as exc:
             return StoreResult(status.CANNOT_UNDERSTAND, str(exc))
         meta = encode_file_meta(header.sop_class_uid, header.sop_uid, transfer_syntax, calling_ae)
@@ -230,6 +237,7 @@ class Archive:
                     "study_id": h.study_id[:64],
                     "description": h.study_description[:324],
                     "referring_physician": h.referring_physician[:324],
+                    "referring_key": normalize_text(h.referring_physician)[:324],
                     "institution": h.institution[:324],
                     "requesting_service": h.requesting_service[:324],
                     "first_received": now,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -13,18 +12,15 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.tag import Tag
 from pydicom.uid import (
-    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
 from pacscore.archive import read_dicom_file, read_part10
-from pacscore.dicom.header import InvalidDicom, read_header
+from pacscore.dicom.header import InvalidDicom, check_complete, read_header
 from pacscore.models import Instance, Storage, connection
 from pacscore.storage import INCOMING
 
@@ -66,70 +62,14 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def check_complete(data: bytes, transfer_syntax: str) -> None:
-    """Raise ``InvalidDicom`` if the data set ends inside an element.
-
-    The index reads only the header groups, so a file cut short in its pixel
-    data (an interrupted copy) would otherwise be archived as valid.  Only
-    tags and lengths are walked: values are skipped, not loaded.
-    """
-    ts = UID(transfer_syntax)
-    if not ts.is_transfer_syntax:
-        return  # read_header refuses it with its own reason
-    if ts.is_deflated:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(data)
-        except zlib.error as exc:
-            raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
-        if not inflater.eof:
-            raise InvalidDicom("truncated file: the deflated data set is cut short")
-    size = len(data)
-    fp = BytesIO(data)
-    last = {"length": 0}
-
-    def stop_when(tag, vr, length) -> bool:
-        if length != _UNDEFINED_LENGTH and fp.tell() + length > size:
-            raise InvalidDicom(
-                f"truncated file: element {tag} declares {length} bytes, "
-                f"{size - fp.tell()} remain"
-            )
-        last["length"] = length
-        return False
-
-    try:  # specific_tags: every other value is skipped by seeking
-        read_dataset(
-            fp,
-            is_implicit_VR=ts.is_implicit_VR,
-            is_little_endian=ts.is_little_endian,
-            stop_when=stop_when,
-            specific_tags=[Tag(0x0008, 0x0018)],
-        )
-    except InvalidDicom:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
-        raise InvalidDicom(f"cannot parse data set: {exc}") from exc
-    # an undefined-length element (sequence, encapsulated pixel data) that
-    # misses its delimiter makes pydicom stop at, or seek past, the end
-    delimiter = (b"\xfe\xff\xdd\xe0" if ts.is_little_endian else b"\xff\xfe\xe0\xdd") + bytes(4)
-    if fp.tell() > size or (last["length"] == _UNDEFINED_LENGTH and not data.endswith(delimiter)):
-        raise InvalidDicom("truncated file: the last element misses its delimiter")
-
-
 def load_dataset_bytes(path: Path) -> tuple[bytes, str]:
     """(data set bytes, transfer syntax) of a complete file; files without a
     DICOM preamble or file meta are re-encoded with one, other files are kept
     as is."""
     try:
-        data, transfer_syntax = read_dicom_file(path)
+        return read_dicom_file(path)  # Archive.store checks that it is complete
     except InvalidDicom:
         pass
-    else:
-        check_complete(data, transfer_syntax)
-        return data, transfer_syntax
     try:
         ds = dcmread(path, force=True)
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:

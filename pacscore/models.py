@@ -58,6 +58,7 @@ class Study(BaseModel):
     study_id = CharField(max_length=64, default="")
     description = CharField(max_length=324, default="")
     referring_physician = CharField(max_length=324, default="")
+    referring_key = CharField(max_length=324, default="")  # see Patient.name_key
     institution = CharField(max_length=324, default="")
     requesting_service = CharField(max_length=324, default="")
     # "\CT\MR\": delimited at both ends so that one modality matches with LIKE

@@ -143,12 +143,14 @@ def match_text(column, value: str) -> Node:
     return like(column, value) if has_wildcards(value) else column == value
 
 
+# person-name columns and their upper-case, accent-free copies
+NAME_KEYS = {Patient.patient_name: Patient.name_key, Study.referring_physician: Study.referring_key}
+
+
 def match_name(attribute: Attribute, value: str) -> Node:
     """Person names match ignoring case and accents."""
     key = normalize_text(value)
-    column = (
-        Patient.name_key if attribute.column is Patient.patient_name else fn.UPPER(attribute.column)
-    )
+    column = NAME_KEYS[attribute.column]
     return like(column, key) if has_wildcards(key) else column == key
 
 

@@ -260,14 +260,14 @@ def test_echo_a_declared_node(server):
 # -- import -------------------------------------------------------------------------------
 
 
-def write_without_file_meta(source: Path, target: Path) -> None:
-    """A bare data set (implicit VR little endian): no preamble, no file meta."""
+def write_without_file_meta(source: Path, target: Path, implicit_vr: bool = True) -> None:
+    """A bare data set (little endian): no preamble, no file meta."""
     ds = dcmread(source)
     del ds.file_meta
     ds.preamble = None
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as fp:
-        dcmwrite(fp, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        dcmwrite(fp, ds, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
 
 
 def build_import_tree(root: Path, patient_id: str) -> tuple[set[str], dict[str, str]]:
@@ -295,6 +295,9 @@ def build_import_tree(root: Path, patient_id: str) -> tuple[set[str], dict[str, 
 
     bare = make_instance(made, patient_id=patient_id, study_uid=study, instance_number=9)
     write_without_file_meta(bare, root / "a" / "b" / "bare-dataset")
+    good.add(sop_uid(bare))
+    bare = make_instance(made, patient_id=patient_id, study_uid=study, instance_number=10)
+    write_without_file_meta(bare, root / "a" / "bare-explicit.dcm", implicit_vr=False)
     good.add(sop_uid(bare))
 
     rejected = {}

@@ -10,7 +10,7 @@ dispatcher thread's work, called here directly to control the timing).
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -130,8 +130,14 @@ def storage_files(pacs: Pacs) -> list[Path]:
 def test_on_store_is_delivered_by_the_outbox_with_the_stored_instance(make_pacs, tmp_path):
     recorder = Recorder()
     pacs = make_pacs(recorder)
-    path = make_instance(tmp_path / "in", patient_id="OUT1", study_uid="1.2.3.40",
-                         series_uid="1.2.3.40.1", sop_uid="1.2.3.40.1.1", modality="MR")  # fmt: skip
+    path = make_instance(
+        tmp_path / "in",
+        patient_id="OUT1",
+        study_uid="1.2.3.40",
+        series_uid="1.2.3.40.1",
+        sop_uid="1.2.3.40.1.1",
+        modality="MR",
+    )
 
     result = store(pacs, path, calling_ae="MODALITY1")
     assert result.ok and not result.duplicate
@@ -151,7 +157,7 @@ def test_on_store_is_delivered_by_the_outbox_with_the_stored_instance(make_pacs,
     # the file is in place, holding the data set sent
     assert read_dicom_file(stored_path)[0] == read_dicom_file(path)[0]
     received = datetime.fromisoformat(event.received_at)
-    assert abs((datetime.utcnow() - received).total_seconds()) < 60
+    assert abs((datetime.now(UTC).replace(tzinfo=None) - received).total_seconds()) < 60
 
     # delivered once: nothing left, and a duplicate store owes no new event
     assert pacs.outbox.drain() == 0
@@ -244,6 +250,18 @@ def test_filter_store_refusal_stores_nothing(make_pacs, tmp_path):
     # the filter refuses that patient only
     assert store(pacs, make_instance(tmp_path / "in", patient_id="WELCOME")).ok
     assert len(storage_files(pacs)) == 1
+
+
+def test_truncated_data_set_is_refused_and_stores_nothing(make_pacs, tmp_path):
+    pacs = make_pacs(Recorder())
+    data, ts = read_dicom_file(make_instance(tmp_path / "in", rows=64, columns=64))
+    with connection():
+        result = pacs.archive.store(data[: len(data) // 2], ts, calling_ae="TESTSCU")
+    assert result.status == status.CANNOT_UNDERSTAND
+    assert "truncated" in result.comment
+    assert storage_files(pacs) == []
+    with connection():
+        assert not Instance.select().exists()
 
 
 def test_delete_fires_on_delete_and_removes_the_files(make_pacs, tmp_path):

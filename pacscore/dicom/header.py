@@ -170,3 +170,58 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
     if len(header.patient_id) > 64:
         raise InvalidDicom("PatientID longer than 64 characters")
     return header
+
+
+_MAX_CHECKED_INFLATED = 512 * 1024 * 1024  # a deflate bomb is refused, not inflated
+
+
+def check_complete(data: bytes, transfer_syntax: str) -> None:
+    """Raise ``InvalidDicom`` if the data set ends inside an element.
+
+    The index reads only the header groups, so a data set cut short in its
+    pixel data (an interrupted copy or transfer) would otherwise be archived
+    as valid.  Only
+    tags and lengths are walked: values are skipped, not loaded.
+    """
+    ts = UID(transfer_syntax)
+    if not ts.is_transfer_syntax:
+        return  # read_header refuses it with its own reason
+    if ts.is_deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(data, _MAX_CHECKED_INFLATED)
+        except zlib.error as exc:
+            raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
+        if inflater.unconsumed_tail:
+            raise InvalidDicom("deflated data set inflates beyond the accepted size")
+        if not inflater.eof:
+            raise InvalidDicom("truncated file: the deflated data set is cut short")
+    size = len(data)
+    fp = BytesIO(data)
+    last = {"length": 0}
+
+    def stop_when(tag, vr, length) -> bool:
+        if length != _UNDEFINED_LENGTH and fp.tell() + length > size:
+            raise InvalidDicom(
+                f"truncated file: element {tag} declares {length} bytes, {size - fp.tell()} remain"
+            )
+        last["length"] = length
+        return False
+
+    try:  # specific_tags: every other value is skipped by seeking
+        read_dataset(
+            fp,
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=stop_when,
+            specific_tags=[Tag(0x0008, 0x0018)],
+        )
+    except InvalidDicom:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
+        raise InvalidDicom(f"cannot parse data set: {exc}") from exc
+    # an undefined-length element (sequence, encapsulated pixel data) that
+    # misses its delimiter makes pydicom stop at, or seek past, the end
+    delimiter = (b"\xfe\xff\xdd\xe0" if ts.is_little_endian else b"\xff\xfe\xe0\xdd") + bytes(4)
+    if fp.tell() > size or (last["length"] == _UNDEFINED_LENGTH and not data.endswith(delimiter)):
+        raise InvalidDicom("truncated file: the last element misses its delimiter")
