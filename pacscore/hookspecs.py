@@ -91,8 +91,9 @@ def filter_store(pacs: Pacs, instance: IncomingInstance) -> str | None:
     header has been read and before anything touches the disk.  Keep it fast:
     the sender waits.  Return ``None`` to accept, or a short reason (``str``)
     to refuse; a refusal becomes a C-STORE failure status ``0xC001`` whose
-    Error Comment is the reason, and the instance is not stored.  All
-    implementations are asked; the first refusal wins.  An implementation
+    Error Comment is the reason, and the instance is not stored.
+    Implementations are asked in registration order (built-ins first) until
+    one refuses.  An implementation
     that raises is recorded and counts as "accept" (refusing on a bug would
     lose images).
     """
