@@ -443,6 +443,30 @@ def test_truncated_associate_rq_and_huge_pdu_length(pacs):
     check_alive(pacs)
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_pdu_declaring_a_gigabyte_is_cut_off_not_buffered(pacs):
+    pid = alive_pid(pacs)
+    before = peak_rss_mib(pid)
+    sent = 0
+    chunk = b"\x00" * (1024 * 1024)
+    with RawPeer(pacs.dicom_port) as peer:
+        peer.associate(pacs.aet)
+        with contextlib.suppress(OSError):  # the server hangs up: that is the point
+            peer.send(struct.pack(">BBL", 0x04, 0, 1024**3))
+            while sent < 200 * len(chunk):
+                peer.sock.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 200 * len(chunk), "the server kept reading a 1 GiB PDU"
+    assert peak_rss_mib(pid) - before < 32
+    check_alive(pacs)
+
+
 def test_many_broken_connections_release_their_threads(pacs):
     pid = alive_pid(pacs)
     baseline = thread_count(pid)
