@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 import gen  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-# PACSCORE_BENCH_CMD="python bench/experiments/patched.py" runs a patched pacscore instead
+# PACSCORE_BENCH_CMD="python variant.py" runs another pacscore command line instead
 PACSCORE = shlex.split(os.environ.get("PACSCORE_BENCH_CMD", "")) or [str(VENV_BIN / "pacscore")]
 ORTHANC = "/usr/sbin/Orthanc"
 DCMTK = "/usr/bin"  # never the venv's pynetdicom scripts of the same names
