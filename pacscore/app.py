@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 
 from pacscore.archive import Archive
 from pacscore.config import CORE_SETTINGS, Config
+from pacscore.jobs import Jobs
 from pacscore.models import (
     Node,
     PluginFailureRecord,
@@ -115,6 +116,7 @@ class Pacs:
         self.nodes = Nodes()
         self.archive = Archive(self)
         self.outbox = Outbox(self)
+        self.jobs = Jobs(self)
 
     # -- start-up ----------------------------------------------------------
 

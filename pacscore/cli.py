@@ -22,6 +22,7 @@ from pacscore.config import (
     default_home,
     parse_assignment,
 )
+from pacscore.jobs import STATES as JOB_STATES
 from pacscore.models import (
     Node,
     PluginFailureRecord,
@@ -330,6 +331,42 @@ def cmd_storage_set(args) -> int:
     return 0
 
 
+# -- jobs ------------------------------------------------------------------------------
+
+
+def cmd_jobs_list(args) -> int:
+    pacs = _open(args, load_plugins=False)
+    jobs = pacs.jobs.list(state=args.state)
+    if not jobs:
+        print("no job" if args.state is None else f"no {args.state} job")
+    for job in jobs:
+        error = job.last_error.strip().splitlines()[-1][:200] if job.last_error.strip() else "-"
+        print(
+            f"{job.id}\t{job.kind}\t{job.state}\tattempts={job.attempts}"
+            f"\tnext={job.next_attempt:%Y-%m-%d %H:%M:%S}\t{error}"
+        )
+    return 0
+
+
+def cmd_jobs_retry(args) -> int:
+    pacs = _open(args, load_plugins=False)
+    job = pacs.jobs.get(args.id)
+    if job is None:
+        raise CommandError(f"no job with id {args.id}")
+    if not pacs.jobs.retry_now(args.id):
+        raise CommandError(f"job {args.id} is running: it cannot be retried now")
+    print(f"job {args.id} ({job.kind}) will be retried now")
+    return 0
+
+
+def cmd_jobs_delete(args) -> int:
+    pacs = _open(args, load_plugins=False)
+    if not pacs.jobs.delete(args.id):
+        raise CommandError(f"no job with id {args.id}")
+    print(f"job {args.id} deleted")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -433,6 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--enable", dest="enabled", action="store_const", const=True)
     group.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.set_defaults(func=cmd_storage_set)
+
+    jobs = commands.add_parser("jobs", help="background jobs").add_subparsers(
+        dest="jobs_command", metavar="ACTION", required=True
+    )
+    p = jobs.add_parser("list", help="list jobs (id, kind, state, attempts, next attempt, error)")
+    p.add_argument("--state", choices=JOB_STATES)
+    p.set_defaults(func=cmd_jobs_list)
+    p = jobs.add_parser("retry", help="make a job due now (pending, failed or done)")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_jobs_retry)
+    p = jobs.add_parser("delete", help="delete a job")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_jobs_delete)
     return parser
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from pacscore.app import Pacs
     from pacscore.archive import DeletedInstance, IncomingInstance, StoredInstance
+    from pacscore.jobs import JobHandler
     from pacscore.scheduler import PeriodicTask
 
 hookspec = pluggy.HookspecMarker("pacscore")
@@ -161,6 +162,25 @@ def periodic_tasks(pacs: Pacs) -> list[PeriodicTask] | None:
     start).  Tasks of all plugins share the scheduler thread: a long task
     should enqueue work rather than do it inline.  A task that raises is
     recorded and called again at its next interval.
+    """
+
+
+@hookspec
+def job_handlers(pacs: Pacs) -> dict[str, JobHandler] | None:
+    """Return the job kinds the plugin runs: ``{kind: JobHandler}``.
+
+    Called once at server start (before the job workers start) and by
+    ``pacs.jobs`` when it needs a kind's retry schedule.  Jobs are durable
+    rows enqueued by anyone with ``pacs.jobs.enqueue(kind, payload)``; for
+    each kind, ``handler.concurrency`` worker threads each take one due job at
+    a time and call ``handler.func(pacs, payload)`` with a database connection
+    open.  A job may run more than once (a process killed while it ran takes
+    it again at the next start): ``func`` must be idempotent.  ``func``
+    raises to fail the attempt: the job is retried after the delays of
+    ``handler.retry_schedule`` (default one hour, one day, two days, a week),
+    then marked ``failed``.  A kind already claimed by another plugin, a value
+    that is not a ``JobHandler``, or an exception here is recorded, and the
+    plugin's kinds (or that kind) are not run.
     """
 
 

@@ -180,6 +180,28 @@ class TrashedFile(BaseModel):
     path = CharField(max_length=255)
 
 
+class Job(BaseModel):
+    """A unit of durable background work, run by a handler from ``job_handlers``.
+
+    ``state`` is ``pending`` (due at ``next_attempt``), ``running`` (taken by
+    the worker ``taken_by``), ``done`` or ``failed`` (retry schedule exhausted).
+    """
+
+    kind = CharField(max_length=64, index=True)
+    payload = TextField(default="{}")  # JSON object
+    state = CharField(max_length=16, default="pending")
+    attempts = IntegerField(default=0)
+    next_attempt = DateTimeField(default=utcnow)
+    last_error = TextField(default="")
+    created = DateTimeField(default=utcnow)
+    updated = DateTimeField(default=utcnow)
+    taken_by = CharField(max_length=255, default="")
+
+    class Meta:
+        # the workers' query: pending jobs that are due, oldest first
+        indexes = ((("state", "next_attempt"), False),)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -197,6 +219,7 @@ ALL_MODELS = [
     Setting,
     OutboxEvent,
     TrashedFile,
+    Job,
     SchemaVersion,
 ]
 

@@ -2,7 +2,8 @@
 
 Threads: the DICOM accept loop plus one thread per association (pynetdicom),
 the HTTP server (waitress, its own worker threads), the outbox dispatcher,
-the scheduler, and whatever plugins start in ``on_startup``.
+the job workers (one thread per unit of concurrency of each job kind), the
+scheduler, and whatever plugins start in ``on_startup``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from waitress.server import create_server
 
 from pacscore.dicom.server import start_dicom_server
+from pacscore.jobs import JobWorkers
 from pacscore.models import connection
 from pacscore.outbox import Dispatcher
 from pacscore.scheduler import Scheduler
@@ -58,6 +60,11 @@ def serve(pacs) -> None:
     http = start_http_server(pacs, config.host, config.http_port)
     dispatcher = Dispatcher(pacs)
     dispatcher.start()
+    with connection():
+        # only one server runs on a home: a running job belongs to a dead process
+        pacs.jobs.requeue_running()
+        workers = JobWorkers(pacs)
+        workers.start()
     scheduler = Scheduler(pacs)
     with connection():
         scheduler.collect()
@@ -73,6 +80,7 @@ def serve(pacs) -> None:
     dicom.shutdown()
     http.close()
     scheduler.stop()
+    workers.stop()
     dispatcher.stop()
     dispatcher.join(timeout=10)
     home_lock.close()

@@ -1,0 +1,324 @@
+"""Durable background jobs: stored in the database, retried on a schedule.
+
+Producers call :meth:`Jobs.enqueue` (inside their own transaction if they
+have one, so that the job and the data commit together).  Plugins provide the
+code that runs a kind of job through the ``job_handlers`` hook.  In ``pacscore
+serve``, :class:`JobWorkers` runs one thread per unit of concurrency of each
+kind; a thread takes one due job of its kind at a time, atomically (``SELECT
+... FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE transaction on
+SQLite), so that two workers, in one process or in several, never run the
+same job.  A failed job is retried after the delays of its kind's retry
+schedule, then marked ``failed``.  A job left ``running`` by a process that
+died is taken again at the next start (:meth:`Jobs.requeue_running`): handlers
+must be idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pacscore.models import Job, connection, is_sqlite, utcnow, write_transaction
+
+if TYPE_CHECKING:
+    from pacscore.app import Pacs
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STATES = (PENDING, RUNNING, DONE, FAILED)
+
+# seconds to wait after the 1st, 2nd, ... failure; failed after the last one
+DEFAULT_RETRY_SCHEDULE = [3600, 86400, 172800, 604800]
+
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass
+class JobHandler:
+    """How to run the jobs of one kind.
+
+    ``func(pacs, payload)`` does the work (``payload`` is the dict given to
+    ``enqueue``) and raises to signal a failure.  ``concurrency`` is the number
+    of worker threads for the kind in one server; ``retry_schedule`` the
+    delays in seconds before each retry (``None``: ``DEFAULT_RETRY_SCHEDULE``).
+    """
+
+    func: Callable[[Pacs, dict[str, Any]], None]
+    concurrency: int = 1
+    retry_schedule: list[int] | None = None
+    plugin: str = ""
+
+
+def worker_name(suffix: str = "") -> str:
+    """``host:pid[:suffix]``: who took a job, shown by ``pacscore jobs list``."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name}:{suffix}" if suffix else name
+
+
+class Jobs:
+    """The job queue of one :class:`pacscore.app.Pacs` (``pacs.jobs``)."""
+
+    def __init__(self, pacs: Pacs) -> None:
+        self.pacs = pacs
+        self._handlers: dict[str, JobHandler] | None = None
+        # workers waiting for work; a generation counter so no wake-up is lost
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    # -- handlers ------------------------------------------------------------
+
+    def collect_handlers(self) -> dict[str, JobHandler]:
+        """(Re)collect the handlers of every plugin's ``job_handlers``."""
+        handlers: dict[str, JobHandler] = {}
+        for plugin, contributed in self.pacs.hooks.call_each_named("job_handlers", pacs=self.pacs):
+            for kind, handler in dict(contributed).items():
+                if not isinstance(handler, JobHandler):
+                    error = TypeError(f"handler of job kind {kind!r} is not a JobHandler")
+                    self.pacs.hooks.record_failure(plugin, "job_handlers", error)
+                    continue
+                if kind in handlers:
+                    error = ValueError(
+                        f"job kind {kind!r} is already handled by {handlers[kind].plugin}"
+                    )
+                    self.pacs.hooks.record_failure(plugin, "job_handlers", error)
+                    continue
+                handler.plugin = handler.plugin or plugin
+                handlers[kind] = handler
+        self._handlers = handlers
+        return handlers
+
+    def handlers(self) -> dict[str, JobHandler]:
+        if self._handlers is None:
+            return self.collect_handlers()
+        return self._handlers
+
+    def retry_schedule(self, kind: str) -> list[int]:
+        handler = self.handlers().get(kind)
+        if handler is None or handler.retry_schedule is None:
+            return DEFAULT_RETRY_SCHEDULE
+        return handler.retry_schedule
+
+    # -- the queue -------------------------------------------------------------
+
+    def enqueue(self, kind: str, payload: dict[str, Any] | None = None, delay: float = 0) -> int:
+        """Record a job due in ``delay`` seconds; return its id.
+
+        Call it inside the caller's transaction to commit the job with the
+        data it is about.  ``payload`` must be JSON-serialisable.
+        """
+        text = json.dumps(payload or {})
+        now = utcnow()
+        with connection():
+            job_id = Job.insert(
+                kind=kind,
+                payload=text,
+                state=PENDING,
+                next_attempt=now + timedelta(seconds=delay),
+                created=now,
+                updated=now,
+            ).execute()
+        if not delay:
+            self.wake()
+        return job_id
+
+    def take(self, kinds: Iterable[str], worker: str) -> Job | None:
+        """Atomically take the oldest due pending job of ``kinds`` and mark it running.
+
+        Returns the job (``attempts`` already counts this attempt), or ``None``
+        if nothing is due.  Safe between threads and processes.
+        """
+        kinds = list(kinds)
+        if not kinds:
+            return None
+        now = utcnow()
+        with connection(), write_transaction():
+            query = (
+                Job.select()
+                .where((Job.state == PENDING) & (Job.next_attempt <= now) & Job.kind.in_(kinds))
+                .order_by(Job.next_attempt, Job.id)
+                .limit(1)
+            )
+            if not is_sqlite():
+                # another process's worker skips the row we lock instead of waiting
+                query = query.for_update("FOR UPDATE SKIP LOCKED")
+            job = query.first()
+            if job is None:
+                return None
+            job.state = RUNNING
+            job.attempts += 1
+            job.taken_by = worker[:255]
+            job.updated = now
+            Job.update(
+                state=RUNNING, attempts=Job.attempts + 1, taken_by=job.taken_by, updated=now
+            ).where(Job.id == job.id).execute()
+        return job
+
+    def complete(self, job: Job) -> None:
+        """Mark a job taken with :meth:`take` as done."""
+        with connection():
+            Job.update(state=DONE, last_error="", updated=utcnow()).where(
+                (Job.id == job.id) & (Job.state == RUNNING)
+            ).execute()
+        job.state = DONE
+
+    def fail(self, job: Job, error: str) -> None:
+        """Record a failed attempt: pending again after the schedule's next delay,
+        or ``failed`` once the schedule is exhausted."""
+        schedule = self.retry_schedule(job.kind)
+        attempts = max(job.attempts, 1)
+        now = utcnow()
+        changes: dict[Any, Any] = {Job.last_error: error[-MAX_ERROR_CHARS:], Job.updated: now}
+        if attempts > len(schedule):
+            changes[Job.state] = FAILED
+        else:
+            changes[Job.state] = PENDING
+            changes[Job.next_attempt] = now + timedelta(seconds=schedule[attempts - 1])
+        with connection():
+            Job.update(changes).where((Job.id == job.id) & (Job.state == RUNNING)).execute()
+        job.state = changes[Job.state]
+        job.last_error = changes[Job.last_error]
+        job.next_attempt = changes.get(Job.next_attempt, job.next_attempt)
+
+    def retry_now(self, job_id: int) -> bool:
+        """Make a pending, failed or done job due now.
+
+        Returns ``False`` if there is no such job or it is running.  The
+        attempts already made still count against the retry schedule.
+        """
+        now = utcnow()
+        with connection():
+            changed = (
+                Job.update(state=PENDING, next_attempt=now, updated=now)
+                .where((Job.id == job_id) & (Job.state != RUNNING))
+                .execute()
+            )
+        if changed:
+            self.wake()
+        return bool(changed)
+
+    def delete(self, job_id: int) -> bool:
+        """Delete a job whatever its state; ``False`` if there is no such job."""
+        with connection():
+            return bool(Job.delete().where(Job.id == job_id).execute())
+
+    def requeue_running(self) -> int:
+        """Make the jobs left running by a dead process pending again (server start).
+
+        Call it only when no worker of any process runs on the database; the
+        attempt that was interrupted still counts.
+        """
+        now = utcnow()
+        with connection():
+            count = (
+                Job.update(state=PENDING, next_attempt=now, updated=now)
+                .where(Job.state == RUNNING)
+                .execute()
+            )
+        if count:
+            log.warning("%d job(s) left running by a stopped process were requeued", count)
+            self.wake()
+        return count
+
+    def get(self, job_id: int) -> Job | None:
+        with connection():
+            return Job.get_or_none(Job.id == job_id)
+
+    def list(self, state: str | None = None) -> list[Job]:
+        """Jobs by id, optionally of one state."""
+        with connection():
+            query = Job.select().order_by(Job.id)
+            if state is not None:
+                query = query.where(Job.state == state)
+            return list(query)
+
+    # -- running ----------------------------------------------------------------
+
+    def run(self, job: Job, handler: JobHandler | None = None) -> bool:
+        """Run a taken job with its handler, then complete or fail it; ``True`` if done."""
+        handler = handler or self.handlers().get(job.kind)
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for job kind {job.kind!r}")
+            with connection():
+                handler.func(self.pacs, json.loads(job.payload))
+        except Exception as exc:  # noqa: BLE001 - a job failure is the handler's
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            log.warning(
+                "job %d (%s) failed, attempt %d: %s", job.id, job.kind, job.attempts, detail
+            )
+            self.fail(job, detail)
+            return False
+        self.complete(job)
+        return True
+
+    def wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def generation(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def wait(self, generation: int, timeout: float) -> None:
+        """Wait until :meth:`wake` after ``generation`` was read, or ``timeout``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._generation != generation, timeout)
+
+
+class JobWorkers:
+    """The worker threads: ``concurrency`` threads per handled kind."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, pacs: Pacs, poll_seconds: float | None = None) -> None:
+        self.pacs = pacs
+        self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
+        self._stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        handlers = self.pacs.jobs.collect_handlers()
+        for kind, handler in sorted(handlers.items()):
+            for number in range(max(1, handler.concurrency)):
+                thread = threading.Thread(
+                    target=self._loop,
+                    args=(kind, handler, worker_name(f"{kind}-{number}")),
+                    name=f"pacscore-job-{kind}-{number}",
+                    daemon=True,
+                )
+                thread.start()
+                self.threads.append(thread)
+        log.info("job workers: %d thread(s) for %d kind(s)", len(self.threads), len(handlers))
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop taking jobs and wait for the running ones to finish."""
+        self._stop_event.set()
+        self.pacs.jobs.wake()
+        for thread in self.threads:
+            thread.join(timeout=timeout)
+        self.threads = []
+
+    def _loop(self, kind: str, handler: JobHandler, worker: str) -> None:
+        jobs = self.pacs.jobs
+        while not self._stop_event.is_set():
+            generation = jobs.generation()
+            try:
+                job = jobs.take([kind], worker)
+                if job is not None:
+                    jobs.run(job, handler)
+                    continue
+            except Exception:  # a worker must outlive a database hiccup
+                log.exception("job worker %s iteration failed", worker)
+                self._stop_event.wait(self.poll_seconds)
+                continue
+            jobs.wait(generation, self.poll_seconds)
