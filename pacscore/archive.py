@@ -18,7 +18,6 @@ from pacscore.dicom import status
 from pacscore.dicom.header import (
     Header,
     InvalidDicom,
-    check_complete,
     normalize_text,
     read_header,
 )
@@ -156,7 +155,6 @@ class Archive:
         """Store one data set (the bytes after the file meta), exactly as received."""
         try:
             header = read_header(data, transfer_syntax)
-            check_complete(data, transfer_syntax)
         except InvalidDicom as exc:
             return StoreResult(status.CANNOT_UNDERSTAND, str(exc))
         meta = encode_file_meta(header.sop_class_uid, header.sop_uid, transfer_syntax, calling_ae)

@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 
 from pacscore.archive import read_dicom_file, read_part10
-from pacscore.dicom.header import InvalidDicom, check_complete, read_header
+from pacscore.dicom.header import InvalidDicom, read_header
 from pacscore.models import Instance, Storage, connection
 from pacscore.storage import INCOMING
 
@@ -67,7 +67,7 @@ def load_dataset_bytes(path: Path) -> tuple[bytes, str]:
     DICOM preamble or file meta are re-encoded with one, other files are kept
     as is."""
     try:
-        return read_dicom_file(path)  # Archive.store checks that it is complete
+        return read_dicom_file(path)  # Archive.store refuses an incomplete one
     except InvalidDicom:
         pass
     try:
@@ -86,7 +86,7 @@ def load_dataset_bytes(path: Path) -> tuple[bytes, str]:
             )
             if not ds.file_meta and ds.preamble is None:
                 # a bare data set: pydicom reads a truncated one without complaint
-                check_complete(path.read_bytes(), ts)
+                read_header(path.read_bytes(), ts)
             ds.file_meta.TransferSyntaxUID = ts
         buffer = BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)

@@ -199,6 +199,41 @@ def server(pacs_home):
     pacs_home.stop()
 
 
+# -- in-process applications ----------------------------------------------------------
+
+
+def new_pacs(home: Path, db_url: str, *plugins: object):
+    """A Pacs as ``open_pacs`` builds it (failures persisted), with test plugins."""
+    from pacscore.app import Pacs
+    from pacscore.config import Config
+
+    config = Config(home=home, db_url=db_url)
+    if not config.path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        config.save()
+    pacs = Pacs(Config.load(home))
+    pacs.prepare()
+    pacs.hooks.load_builtins()
+    for plugin in plugins:
+        pacs.hooks.register(plugin, name=type(plugin).__name__.lower())
+    return pacs
+
+
+@pytest.fixture
+def make_pacs(tmp_path, db_url):
+    """Build Pacs objects on one home and database; close their pools afterwards."""
+    built = []
+
+    def make(*plugins: object):
+        pacs = new_pacs(tmp_path / "home", db_url, *plugins)
+        built.append(pacs)
+        return pacs
+
+    yield make
+    for pacs in built:
+        pacs.database.close_all()
+
+
 # -- test data ----------------------------------------------------------------------
 
 

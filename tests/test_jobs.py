@@ -23,6 +23,7 @@ from pacscore.config import Config
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import DEFAULT_RETRY_SCHEDULE, JobHandler, JobWorkers
 from pacscore.models import Job, connection, is_sqlite, utcnow
+from tests.conftest import new_pacs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,33 +55,6 @@ class Handlers:
             "work": JobHandler(self.work, concurrency=self.concurrency),
             "broken": JobHandler(self.broken, retry_schedule=[10, 20]),
         }
-
-
-def new_pacs(home: Path, db_url: str, *plugins: object) -> Pacs:
-    config = Config(home=home, db_url=db_url)
-    if not config.path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        config.save()
-    pacs = Pacs(Config.load(home))
-    pacs.prepare()
-    pacs.hooks.load_builtins()
-    for plugin in plugins:
-        pacs.hooks.register(plugin, name=type(plugin).__name__.lower())
-    return pacs
-
-
-@pytest.fixture
-def make_pacs(tmp_path, db_url):
-    built: list[Pacs] = []
-
-    def make(*plugins: object) -> Pacs:
-        pacs = new_pacs(tmp_path / "home", db_url, *plugins)
-        built.append(pacs)
-        return pacs
-
-    yield make
-    for pacs in built:
-        pacs.database.close_all()
 
 
 def wait_until(condition, timeout: float = 20) -> None:

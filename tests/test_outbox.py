@@ -17,7 +17,6 @@ import pytest
 
 from pacscore.app import Pacs
 from pacscore.archive import DeletedInstance, StoredInstance, read_dicom_file
-from pacscore.config import Config
 from pacscore.dicom import status
 from pacscore.hookspecs import hookimpl
 from pacscore.models import (
@@ -77,35 +76,6 @@ class Refuser:
         if instance.header.patient_id == "REFUSED":
             return "refused by test policy"
         return None
-
-
-def new_pacs(home: Path, db_url: str, *plugins: object) -> Pacs:
-    """A Pacs as ``open_pacs`` builds it (failures persisted), with test plugins."""
-    config = Config(home=home, db_url=db_url)
-    if not config.path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        config.save()
-    pacs = Pacs(Config.load(home))
-    pacs.prepare()
-    pacs.hooks.load_builtins()
-    for plugin in plugins:
-        pacs.hooks.register(plugin, name=type(plugin).__name__.lower())
-    return pacs
-
-
-@pytest.fixture
-def make_pacs(tmp_path, db_url):
-    """Build Pacs objects on one home and database; close their pools afterwards."""
-    built: list[Pacs] = []
-
-    def make(*plugins: object) -> Pacs:
-        pacs = new_pacs(tmp_path / "home", db_url, *plugins)
-        built.append(pacs)
-        return pacs
-
-    yield make
-    for pacs in built:
-        pacs.database.close_all()
 
 
 def store(pacs: Pacs, path: Path, calling_ae: str = "TESTSCU"):

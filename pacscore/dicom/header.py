@@ -1,8 +1,8 @@
 """Read the few header attributes the index needs, without decoding the rest.
 
-The data set bytes received over the network are parsed only up to group
-0x0032 and only for the tags below; pixel data and later groups are never
-touched, and the bytes written to disk are the bytes received.
+One walk over the data set keeps only the tags below and checks every
+element's length; other values (pixel data included) are skipped, never
+decoded, and the bytes written to disk are the bytes received.
 """
 
 from __future__ import annotations
@@ -48,10 +48,9 @@ HEADER_KEYWORDS = {
     "requesting_service": "RequestingService",
 }
 _TAGS = [Tag(kw) for kw in HEADER_KEYWORDS.values()]
-_LAST_GROUP = 0x0032
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-# a deflated header never needs more than this once inflated
-_MAX_INFLATED = 8 * 1024 * 1024
+# a deflate bomb is refused, not inflated
+_MAX_INFLATED = 512 * 1024 * 1024
 
 
 class InvalidDicom(ValueError):
@@ -105,44 +104,47 @@ def _text(element: DataElement | None) -> str:
     return str(value).strip()
 
 
-def _stop_after_index_groups(fp: BytesIO, size: int | None):
-    """pydicom's ``stop_when``: stop past the index groups, refuse lengths beyond the data.
-
-    pydicom skips a value it was not asked for by seeking, and a seek past
-    the end silently ends the data set: an element declaring more bytes than
-    remain would otherwise let a truncated data set through as valid.
-    """
-
-    def stop_when(tag, vr, length) -> bool:
-        if tag.group > _LAST_GROUP:
-            return True
-        if size is not None and length != _UNDEFINED_LENGTH and fp.tell() + length > size:
-            raise InvalidDicom(f"element {tag} declares {length} bytes past the end of the data")
-        return False
-
-    return stop_when
-
-
 def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """Walk the whole data set once: keep the index tags, check every length.
+
+    Values other than the index tags are skipped by seeking, not loaded.  A
+    seek past the end would silently end the data set, so an element that
+    declares more bytes than remain, or an undefined-length element missing
+    its delimiter, is refused: a data set cut short (an interrupted copy or
+    transfer) is never archived as valid.
+    """
     ts = UID(transfer_syntax)
     if not ts.is_transfer_syntax:
         raise InvalidDicom(f"unknown transfer syntax {transfer_syntax}")
-    complete = True
     if ts.is_deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             data = inflater.decompress(data, _MAX_INFLATED)
         except zlib.error as exc:
             raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
-        complete = not inflater.unconsumed_tail
+        if inflater.unconsumed_tail:
+            raise InvalidDicom("deflated data set inflates beyond the accepted size")
+        if not inflater.eof:
+            raise InvalidDicom("truncated data set: the deflated stream is cut short")
+    size = len(data)
     fp = BytesIO(data)
+    last = {"length": 0}
+
+    def stop_when(tag, vr, length) -> bool:
+        if length != _UNDEFINED_LENGTH and fp.tell() + length > size:
+            raise InvalidDicom(
+                f"truncated data set: element {tag} declares {length} bytes, "
+                f"{size - fp.tell()} remain"
+            )
+        last["length"] = length
+        return False
+
     try:
-        return read_dataset(
+        ds = read_dataset(
             fp,
             is_implicit_VR=ts.is_implicit_VR,
             is_little_endian=ts.is_little_endian,
-            # a deflated data set cut at _MAX_INFLATED may end inside an element
-            stop_when=_stop_after_index_groups(fp, len(data) if complete else None),
+            stop_when=stop_when,
             specific_tags=_TAGS,
         )
     except InvalidDicom:
@@ -151,6 +153,12 @@ def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
         raise InvalidDicom("data set nested too deeply or too large") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad input
         raise InvalidDicom(f"cannot parse data set: {exc}") from exc
+    # an undefined-length element (sequence, encapsulated pixel data) that
+    # misses its delimiter makes pydicom stop at, or seek past, the end
+    delimiter = (b"\xfe\xff\xdd\xe0" if ts.is_little_endian else b"\xff\xfe\xe0\xdd") + bytes(4)
+    if fp.tell() > size or (last["length"] == _UNDEFINED_LENGTH and not data.endswith(delimiter)):
+        raise InvalidDicom("truncated data set: the last element misses its delimiter")
+    return ds
 
 
 def read_header(data: bytes, transfer_syntax: str) -> Header:
@@ -170,58 +178,3 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
     if len(header.patient_id) > 64:
         raise InvalidDicom("PatientID longer than 64 characters")
     return header
-
-
-_MAX_CHECKED_INFLATED = 512 * 1024 * 1024  # a deflate bomb is refused, not inflated
-
-
-def check_complete(data: bytes, transfer_syntax: str) -> None:
-    """Raise ``InvalidDicom`` if the data set ends inside an element.
-
-    The index reads only the header groups, so a data set cut short in its
-    pixel data (an interrupted copy or transfer) would otherwise be archived
-    as valid.  Only
-    tags and lengths are walked: values are skipped, not loaded.
-    """
-    ts = UID(transfer_syntax)
-    if not ts.is_transfer_syntax:
-        return  # read_header refuses it with its own reason
-    if ts.is_deflated:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(data, _MAX_CHECKED_INFLATED)
-        except zlib.error as exc:
-            raise InvalidDicom(f"corrupt deflated data set: {exc}") from exc
-        if inflater.unconsumed_tail:
-            raise InvalidDicom("deflated data set inflates beyond the accepted size")
-        if not inflater.eof:
-            raise InvalidDicom("truncated file: the deflated data set is cut short")
-    size = len(data)
-    fp = BytesIO(data)
-    last = {"length": 0}
-
-    def stop_when(tag, vr, length) -> bool:
-        if length != _UNDEFINED_LENGTH and fp.tell() + length > size:
-            raise InvalidDicom(
-                f"truncated file: element {tag} declares {length} bytes, {size - fp.tell()} remain"
-            )
-        last["length"] = length
-        return False
-
-    try:  # specific_tags: every other value is skipped by seeking
-        read_dataset(
-            fp,
-            is_implicit_VR=ts.is_implicit_VR,
-            is_little_endian=ts.is_little_endian,
-            stop_when=stop_when,
-            specific_tags=[Tag(0x0008, 0x0018)],
-        )
-    except InvalidDicom:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
-        raise InvalidDicom(f"cannot parse data set: {exc}") from exc
-    # an undefined-length element (sequence, encapsulated pixel data) that
-    # misses its delimiter makes pydicom stop at, or seek past, the end
-    delimiter = (b"\xfe\xff\xdd\xe0" if ts.is_little_endian else b"\xff\xfe\xe0\xdd") + bytes(4)
-    if fp.tell() > size or (last["length"] == _UNDEFINED_LENGTH and not data.endswith(delimiter)):
-        raise InvalidDicom("truncated file: the last element misses its delimiter")
