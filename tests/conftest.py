@@ -177,6 +177,14 @@ class PacsProcess:
             str(self.dicom_port), *[str(f) for f in files]
         )  # fmt: skip
 
+    def move_study(self, study_uids: str, destination: str, aet: str, extra: tuple = ()):
+        """DCMTK movescu: Study Root C-MOVE of ``study_uids`` (backslash-separated)."""
+        return run_dcmtk(
+            "movescu", "-aet", aet, "-aec", self.aet, "-aem", destination, "-S", *extra,
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uids}",
+            "127.0.0.1", str(self.dicom_port),
+        )  # fmt: skip
+
     def findscu(self, *keys: str, aet: str = "FINDSCU", root: str = "-S", extra: tuple = ()):
         args = [root, "-aet", aet, "-aec", self.aet, *extra]
         for key in keys:

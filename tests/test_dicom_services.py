@@ -183,11 +183,7 @@ def test_every_sop_class_and_transfer_syntax_is_stored_and_retrieved_unchanged(
                    "--port", "1", "--allow", "move")  # fmt: skip
         studies = "\\".join(sorted({str(dcmread(f).StudyInstanceUID) for f in files}))
         for destination in ("SECOND", storescp.aet):
-            result = run_dcmtk(
-                "movescu", "-aet", "MOVER", "-aec", server.aet, "-aem", destination, "-S",
-                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={studies}",
-                "127.0.0.1", str(server.dicom_port),
-            )  # fmt: skip
+            result = server.move_study(studies, destination, aet="MOVER")
             assert result.returncode == 0, result.stdout + result.stderr
         moved = stored_dataset_bytes(second)
     finally:
@@ -246,20 +242,12 @@ def test_refused_services_for_undeclared_nodes_and_unknown_destination(server, t
 
     server.cli("node", "add", "finder", "--aet", "FINDER", "--host", "127.0.0.1", "--port", "1",
                "--allow", "find")  # fmt: skip
-    result = run_dcmtk(
-        "movescu", "-v", "-aet", "FINDER", "-aec", server.aet, "-aem", "FINDER", "-S",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3.5",
-        "127.0.0.1", str(server.dicom_port),
-    )  # fmt: skip
+    result = server.move_study("1.2.3.5", "FINDER", aet="FINDER", extra=("-v",))
     assert re.search(r"0x0?124", result.stderr), result.stderr  # FINDER may find, not move
 
     server.cli("node", "add", "mover", "--aet", "MOVER", "--host", "127.0.0.1", "--port", "1",
                "--allow", "move")  # fmt: skip
-    result = run_dcmtk(
-        "movescu", "-v", "-aet", "MOVER", "-aec", server.aet, "-aem", "NOBODY", "-S",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3.5",
-        "127.0.0.1", str(server.dicom_port),
-    )  # fmt: skip
+    result = server.move_study("1.2.3.5", "NOBODY", aet="MOVER", extra=("-v",))
     assert "MoveDestinationUnknown" in result.stderr, result.stderr
 
     server.cli("settings", "--set", "store_from_declared_nodes_only=true")
@@ -284,11 +272,7 @@ def test_move_reports_failed_suboperations_with_their_uids(server, storescp, tmp
     lost.unlink()
     server.cli("node", "add", "dest", "--aet", storescp.aet, "--host", "127.0.0.1",
                "--port", str(storescp.port), "--allow", "move")  # fmt: skip
-    result = run_dcmtk(
-        "movescu", "-d", "-aet", storescp.aet, "-aec", server.aet, "-aem", storescp.aet, "-S",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3.6",
-        "127.0.0.1", str(server.dicom_port),
-    )  # fmt: skip
+    result = server.move_study("1.2.3.6", storescp.aet, aet=storescp.aet, extra=("-d",))
     output = result.stdout + result.stderr
     final = output[output.rindex("Received Final Move Response") :]
     assert re.search(r"Completed Suboperations\s*:\s*2", final), final
