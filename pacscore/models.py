@@ -6,7 +6,6 @@ Models are bound to ``db``, a proxy initialised from a URL at start-up
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,11 +153,7 @@ class PluginFailureRecord(BaseModel):
 
 class Setting(BaseModel):
     key = CharField(max_length=128, unique=True)
-    value = TextField()
-
-    @property
-    def decoded(self):
-        return json.loads(self.value)
+    value = TextField()  # JSON
 
 
 class OutboxEvent(BaseModel):

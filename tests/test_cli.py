@@ -456,3 +456,21 @@ def test_storage_add_list_set(pacs_home, tmp_path):
     pacs_home.cli("storage", "set", "default", "--enable")
     assert storage_lines(pacs_home)[0][2:4] == ["enabled", "limit 10 MB"]
     assert pacs_home.cli("reindex", "--check").returncode == 0
+
+
+def test_init_admin_password_is_stored_hashed(pacs_home):
+    from pacscore.models import User, bind_database, connection
+    from pacscore.users import verify_password
+
+    pacs_home.cli("init", "--admin-password", "s3cret-Admin")
+    database = bind_database(pacs_home.db_url, pacs_home.home)
+    try:
+        with connection():
+            admin = User.get(User.login == "admin")
+    finally:
+        database.close_all()
+    assert admin.profile == "system administrator"
+    assert "s3cret-Admin" not in admin.password_hash
+    assert admin.password_hash.startswith("scrypt$")
+    assert verify_password("s3cret-Admin", admin.password_hash)
+    assert not verify_password("wrong", admin.password_hash)
