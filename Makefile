@@ -5,14 +5,18 @@ BIN := $(VENV)/bin
 HOME_DIR ?= pacscore-home
 PLUGINS := $(wildcard plugins/*/setup.cfg)
 
-.PHONY: install serve test lint
+.PHONY: install system-packages serve test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Debian packages some Python dependencies build against (python-ldap)
+system-packages:
+	scripts/install-system-packages scripts/apt-build-packages.txt
+
 # core and every bundled plugin, editable, in the virtual environment
-install: $(BIN)/python
+install: system-packages $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
 
 serve: install

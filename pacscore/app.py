@@ -30,6 +30,8 @@ from pacscore.models import (
 )
 from pacscore.outbox import Outbox
 from pacscore.plugins import PluginFailure, PluginHost
+from pacscore.rights import ensure_default_profiles
+from pacscore.secrets import SecretBox
 from pacscore.storage import recover_incoming
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class Pacs:
         self.archive = Archive(self)
         self.outbox = Outbox(self)
         self.jobs = Jobs(self)
+        self.secrets = SecretBox(config.home)
 
     # -- start-up ----------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Pacs:
         """Create missing tables and the default storage folder."""
         create_tables()
         with connection():
+            ensure_default_profiles()
             if not Storage.select().exists():
                 default = self.config.home / "storage"
                 default.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,16 @@ class CoreSettingsSchema(Schema):
     overwrite_duplicates = fields.Boolean(load_default=False)
     max_find_results = fields.Integer(load_default=10000, validate=validate.Range(min=1))
     low_disk_alert_mb = fields.Integer(load_default=4096, validate=validate.Range(min=0))
+    # security of console and API accounts
+    session_minutes = fields.Integer(load_default=480, validate=validate.Range(min=1))
+    inactivity_minutes = fields.Integer(load_default=30, validate=validate.Range(min=1))
+    max_failed_logins = fields.Integer(load_default=5, validate=validate.Range(min=1))
+    lock_minutes = fields.Integer(load_default=15, validate=validate.Range(min=1))
+    min_password_length = fields.Integer(load_default=10, validate=validate.Range(min=6))
+    password_renewal_days = fields.Integer(
+        load_default=0, validate=validate.Range(min=0), metadata={"help": "0: never"}
+    )
+    reset_link_minutes = fields.Integer(load_default=60, validate=validate.Range(min=1))
 
 
 CORE_SETTINGS = CoreSettingsSchema()

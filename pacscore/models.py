@@ -127,15 +127,43 @@ class Node(BaseModel):
         return [r for r in self.RIGHTS if getattr(self, f"allow_{r}")]
 
 
+class Profile(BaseModel):
+    """A named set of rights (see ``pacscore.rights``); built-in ones cannot be deleted."""
+
+    name = CharField(max_length=64, unique=True)
+    rights = TextField(default="[]")  # JSON list of right names
+    builtin = BooleanField(default=False)
+
+
 class User(BaseModel):
     login = CharField(max_length=128, unique=True)
+    # empty for accounts managed by an authentication plugin (auth_source != "local")
     password_hash = CharField(max_length=255, default="")
     first_name = CharField(max_length=128, default="")
     last_name = CharField(max_length=128, default="")
     email = CharField(max_length=255, default="")
-    profile = CharField(max_length=64, default="simple user")
+    profile = CharField(max_length=64, default="simple user")  # Profile.name
     status = CharField(max_length=16, default="active")  # active, locked, disabled
+    services = TextField(default="[]")  # JSON list; empty means every study
+    physician_id = CharField(max_length=64, default="")
+    auth_source = CharField(max_length=32, default="local")  # or the plugin's method
+    failed_attempts = IntegerField(default=0)
+    locked_until = DateTimeField(null=True)
+    password_changed = DateTimeField(null=True)
+    must_change_password = BooleanField(default=False)
+    last_login = DateTimeField(null=True)
     created = DateTimeField(default=utcnow)
+
+
+class AuditEvent(BaseModel):
+    """Who did what, kept for the audit trail (logins, exports, deletions, changes)."""
+
+    at = DateTimeField(default=utcnow, index=True)
+    actor = CharField(max_length=128, default="", index=True)  # login, or "system:<plugin>"
+    action = CharField(max_length=64, index=True)
+    target = CharField(max_length=255, default="")
+    details = TextField(default="{}")  # JSON object
+    source_ip = CharField(max_length=64, default="")
 
 
 class PluginState(BaseModel):
@@ -201,6 +229,13 @@ class SchemaVersion(BaseModel):
     version = IntegerField()
 
 
+class AppliedMigration(BaseModel):
+    """A named schema upgrade step already run on this database (see migrations.py)."""
+
+    name = CharField(max_length=128, unique=True)
+    applied = DateTimeField(default=utcnow)
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -208,7 +243,9 @@ ALL_MODELS = [
     Storage,
     Instance,
     Node,
+    Profile,
     User,
+    AuditEvent,
     PluginState,
     PluginFailureRecord,
     Setting,
@@ -216,6 +253,7 @@ ALL_MODELS = [
     TrashedFile,
     Job,
     SchemaVersion,
+    AppliedMigration,
 ]
 
 
@@ -265,10 +303,18 @@ def is_sqlite() -> bool:
 
 
 def create_tables() -> None:
+    """Create missing tables and indexes, then upgrade existing tables."""
+    from pacscore import migrations
+
     with connection():
+        fresh = not db.table_exists(SchemaVersion._meta.table_name)
         db.create_tables(ALL_MODELS, safe=True)
-        if not SchemaVersion.select().exists():
+        if fresh:
             SchemaVersion.create(version=SCHEMA_VERSION)
+            # a new database already has the shape every named step produces
+            for name, _ in migrations.STEPS:
+                AppliedMigration.create(name=name)
+        migrations.upgrade()
 
 
 def write_transaction():
