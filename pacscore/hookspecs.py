@@ -137,6 +137,20 @@ def on_delete(pacs: Pacs, instance: DeletedInstance) -> None:
 
 
 @hookspec
+def retention_holds(pacs: Pacs, study_uids: list[str]) -> dict[str, str] | None:
+    """Say which of these studies must not be deleted automatically yet.
+
+    Asked by automatic deletions (a purge plugin) before they delete, with a
+    batch of Study Instance UIDs; a user's explicit deletion does not ask.
+    Return ``{study_uid: reason}`` for the studies to keep (for instance a
+    router with a send to an upstream node still pending), or ``None``.  The
+    answers of every plugin are combined.  Called in the thread doing the
+    deletion.  An exception is recorded and counts as "hold every study of
+    the batch" (deleting on a bug would lose images).
+    """
+
+
+@hookspec
 def on_alert(pacs: Pacs, kind: str, message: str, details: dict[str, Any]) -> None:
     """Something an administrator must know about happened.
 
