@@ -86,15 +86,28 @@ def cmd_serve(args) -> int:
 
     pacs = _open(args)
     config = pacs.config
-    for name in ("host", "aet", "dicom_port", "http_port", "hl7_port"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(config, name, value)
+    _apply_listener_options(config, args)
     try:
-        serve(pacs)
-    except AlreadyServing as exc:
+        serve(pacs, log_level=args.log_level)
+    except (AlreadyServing, OSError) as exc:
         raise CommandError(str(exc)) from exc
     return 0
+
+
+def cmd_dicom_listener(args) -> int:
+    from pacscore.listeners import run_listener
+
+    pacs = _open(args)
+    _apply_listener_options(pacs.config, args)
+    run_listener(pacs)
+    return 0
+
+
+def _apply_listener_options(config: Config, args) -> None:
+    for name in ("host", "aet", "dicom_port", "http_port", "hl7_port", "dicom_processes"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config, name, value)
 
 
 # -- import / reindex -----------------------------------------------------------
@@ -402,7 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     p.add_argument("--http-port", type=int, help="console and API port (default 8080)")
     p.add_argument("--hl7-port", type=int, help="HL7 MLLP port for the hl7 plugin (default 2575)")
+    p.add_argument(
+        "--dicom-processes", type=int, help="DICOM listener processes (default: one per core)"
+    )
     p.set_defaults(func=cmd_serve)
+
+    # started by 'serve' (one per extra core); not meant to be run by hand
+    p = commands.add_parser("dicom-listener", help="internal: an extra DICOM listener process")
+    p.add_argument("--index", type=int, default=1)
+    p.add_argument("--host")
+    p.add_argument("--aet")
+    p.add_argument("--dicom-port", type=int)
+    p.set_defaults(func=cmd_dicom_listener)
 
     p = commands.add_parser("import", help="import DICOM files and folders into the archive")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -486,14 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str, log_dir: Path | None = None) -> None:
+def configure_logging(level: str, log_dir: Path | None = None, name: str = "pacscore.log") -> None:
     from logging.handlers import RotatingFileHandler
 
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(
-            RotatingFileHandler(log_dir / "pacscore.log", maxBytes=10 * 1024 * 1024, backupCount=5)
+            RotatingFileHandler(log_dir / name, maxBytes=10 * 1024 * 1024, backupCount=5)
         )
     logging.basicConfig(
         level=level.upper(),
@@ -512,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     args.home = (args.home or default_home()).absolute()
     if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         parser.error(f"invalid --log-level {args.log_level}")
-    serving = args.command == "serve"
-    configure_logging(args.log_level, args.home / "logs" if serving else None)
+    serving = args.command in ("serve", "dicom-listener")
+    log_name = "pacscore.log" if args.command != "dicom-listener" else f"dicom-{args.index}.log"
+    configure_logging(args.log_level, args.home / "logs" if serving else None, log_name)
     if not serving:
         logging.getLogger().setLevel(
             max(logging.WARNING, logging.getLevelName(args.log_level.upper()))

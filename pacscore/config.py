@@ -35,6 +35,7 @@ class Config:
     dicom_port: int = 11112
     http_port: int = 8080
     hl7_port: int = 2575
+    dicom_processes: int = 0  # DICOM listener processes; 0: one per core
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property

@@ -1,8 +1,10 @@
-"""``pacscore serve``: every listener and background thread in one process.
+"""``pacscore serve``: the listeners and background threads of a server.
 
-Threads: the DICOM accept loop plus one thread per association (pynetdicom),
-the HTTP server (waitress, its own worker threads), the outbox dispatcher,
-the job workers (one thread per unit of concurrency of each job kind), the
+Processes: this one, plus ``dicom_processes - 1`` extra DICOM listeners on
+the same port (see ``pacscore/listeners.py``).  Threads of this process: the
+DICOM accept loop plus one thread per association (pynetdicom), the HTTP
+server (waitress, its own worker threads), the outbox dispatcher, the job
+workers (one thread per unit of concurrency of each job kind), the
 scheduler, and whatever plugins start in ``on_startup``.
 """
 
@@ -12,12 +14,14 @@ import fcntl
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 from waitress.server import create_server
 
 from pacscore.dicom.server import start_dicom_server
 from pacscore.jobs import JobWorkers
+from pacscore.listeners import ListenerProcesses, dicom_process_count, ensure_port_free
 from pacscore.models import connection
 from pacscore.outbox import Dispatcher
 from pacscore.scheduler import Scheduler
@@ -37,18 +41,27 @@ class AlreadyServing(RuntimeError):
     pass
 
 
-def lock_home(home: Path):
-    """Hold an exclusive lock on the home for the server's lifetime."""
+def lock_home(home: Path, wait_seconds: float = 5.0):
+    """Hold an exclusive lock on the home for the server's lifetime.
+
+    Child listeners inherit it, so it is free only when every process of an
+    earlier server is gone; a moment is allowed for those of a killed server
+    to exit.
+    """
     handle = open(home / "serve.lock", "w")  # noqa: SIM115 - held until exit
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise AlreadyServing(f"another 'pacscore serve' is running on {home}") from None
-    return handle
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise AlreadyServing(f"another 'pacscore serve' is running on {home}") from None
+            time.sleep(0.1)
 
 
-def serve(pacs) -> None:
+def serve(pacs, log_level: str = "INFO") -> None:
     config = pacs.config
     home_lock = lock_home(config.home)
     pacs.recover()
@@ -56,7 +69,11 @@ def serve(pacs) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    dicom = start_dicom_server(pacs, config.host, config.dicom_port)
+    processes = dicom_process_count(config)
+    ensure_port_free(config.host, config.dicom_port)
+    listeners = ListenerProcesses(config, processes, home_lock.fileno(), log_level)
+    listeners.start()
+    dicom = start_dicom_server(pacs, config.host, config.dicom_port, reuse_port=processes > 1)
     http = start_http_server(pacs, config.host, config.http_port)
     dispatcher = Dispatcher(pacs)
     dispatcher.start()
@@ -71,12 +88,14 @@ def serve(pacs) -> None:
     scheduler.start()
     with connection():
         pacs.hooks.call_each("on_startup", pacs=pacs)
-    log.info("pacscore ready")
+    log.info("pacscore ready (%d DICOM listener processes)", processes)
 
-    stop.wait()
+    while not stop.wait(0.5):
+        listeners.watch()
     log.info("stopping")
     with connection():
         pacs.hooks.call_each("on_shutdown", pacs=pacs)
+    listeners.stop()
     dicom.shutdown()
     http.close()
     scheduler.stop()

@@ -123,7 +123,7 @@ class PacsProcess:
         self.cli("init", "--db", self.db_url, "--aet", self.aet)
         return self
 
-    def start(self, extra_env: dict | None = None) -> PacsProcess:
+    def start(self, extra_env: dict | None = None, args: tuple[str, ...] = ()) -> PacsProcess:
         env = {**self.env, **(extra_env or {})}
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.process = subprocess.Popen(
@@ -142,6 +142,7 @@ class PacsProcess:
                 str(self.http_port),
                 "--hl7-port",
                 str(self.hl7_port),
+                *args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacscore.dicom import access, dul_guard, nodelay, rawsend
+from pacscore.dicom import access, dul_guard, nodelay, rawsend, reuseport
 from pacscore.dicom.find import handle_find
 from pacscore.dicom.retrieve import handle_get, handle_move
 from pacscore.dicom.store import handle_store
@@ -67,16 +67,21 @@ def install_extensions() -> None:
     access.install()
     rawsend.install()
     nodelay.install()
+    reuseport.install()
     dul_guard.install()
     # pynetdicom formats every identifier for its log even when nobody reads it
     debug = log.isEnabledFor(logging.DEBUG)
     _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
 
 
-def start_dicom_server(pacs, host: str, port: int):
-    """Start listening in background threads; returns the pynetdicom server."""
+def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
+    """Start listening in background threads; returns the pynetdicom server.
+
+    ``reuse_port``: share the port with the other listener processes.
+    """
     install_extensions()
     ae = build_ae(pacs)
+    ae.reuse_port = reuse_port
     server = ae.start_server((host, port), block=False, evt_handlers=handlers(pacs))
     log.info("DICOM listening on %s:%d as %s", host, port, pacs.config.aet)
     return server
