@@ -36,6 +36,7 @@ class Config:
     http_port: int = 8080
     hl7_port: int = 2575
     dicom_processes: int = 0  # DICOM listener processes; 0: one per core
+    lean_store: bool = True  # C-STORE in the DUL thread (dicom/lean_store.py)
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property

@@ -15,7 +15,15 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacscore.dicom import access, dul_guard, nodelay, rawsend, reuseport
+from pacscore.dicom import (
+    access,
+    dul_guard,
+    lean_store,
+    nodelay,
+    rawsend,
+    reactor_waits,
+    reuseport,
+)
 from pacscore.dicom.find import handle_find
 from pacscore.dicom.retrieve import handle_get, handle_move
 from pacscore.dicom.store import handle_store
@@ -62,13 +70,16 @@ def handlers(pacs) -> list:
     ]
 
 
-def install_extensions() -> None:
+def install_extensions(lean_store_path: bool = True) -> None:
     """The small, documented extensions of pynetdicom pacscore relies on."""
     access.install()
     rawsend.install()
     nodelay.install()
     reuseport.install()
     dul_guard.install()
+    reactor_waits.install()
+    if lean_store_path:
+        lean_store.install()
     # pynetdicom formats every identifier for its log even when nobody reads it
     debug = log.isEnabledFor(logging.DEBUG)
     _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
@@ -79,7 +90,7 @@ def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
 
     ``reuse_port``: share the port with the other listener processes.
     """
-    install_extensions()
+    install_extensions(pacs.config.lean_store)
     ae = build_ae(pacs)
     ae.reuse_port = reuse_port
     server = ae.start_server((host, port), block=False, evt_handlers=handlers(pacs))

@@ -21,26 +21,42 @@ def status_dataset(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_store(event, pacs) -> Dataset:
-    calling_ae = event.assoc.requestor.ae_title
+def store_dataset(
+    pacs,
+    data: bytes,
+    transfer_syntax: str,
+    calling_ae: str,
+    called_ae: str,
+    sop_instance_uid: str = "",
+) -> tuple[int, str]:
+    """Check the caller's right, then store; return the (status, comment) to answer."""
     settings = pacs.settings.core
     if settings["store_from_declared_nodes_only"] and not pacs.nodes.allows(calling_ae, "store"):
         log.warning("refused C-STORE from %s: not a declared node allowed to store", calling_ae)
-        return status_dataset(status.NOT_AUTHORIZED, f"{calling_ae} may not store")
-    data = event.request.DataSet.getvalue()
+        return status.NOT_AUTHORIZED, f"{calling_ae} may not store"
     with connection():
         result = pacs.archive.store(
-            data,
-            event.context.transfer_syntax,
-            calling_ae=calling_ae,
-            called_ae=event.assoc.acceptor.ae_title,
+            data, transfer_syntax, calling_ae=calling_ae, called_ae=called_ae
         )
     if not result.ok:
         log.warning(
             "C-STORE %s from %s failed 0x%04X: %s",
-            event.request.AffectedSOPInstanceUID,
+            sop_instance_uid,
             calling_ae,
             result.status,
             result.comment,
         )
-    return status_dataset(result.status, result.comment)
+    return result.status, result.comment
+
+
+def handle_store(event, pacs) -> Dataset:
+    """pynetdicom's EVT_C_STORE: requests the lean path (lean_store.py) did not take."""
+    code, comment = store_dataset(
+        pacs,
+        event.request.DataSet.getvalue(),
+        event.context.transfer_syntax,
+        calling_ae=event.assoc.requestor.ae_title,
+        called_ae=event.assoc.acceptor.ae_title,
+        sop_instance_uid=event.request.AffectedSOPInstanceUID,
+    )
+    return status_dataset(code, comment)

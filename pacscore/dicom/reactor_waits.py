@@ -1,0 +1,160 @@
+"""Blocking waits instead of pynetdicom's 1 ms polling loops.
+
+Each association has two threads that poll: the DUL reactor sleeps 1 ms
+whenever it found nothing to do, and the acceptor's ``_run_reactor`` sleeps
+1 ms between checks of its queues.  Per association that is two thousand
+wake-ups a second, a quarter of the server's CPU while it receives small
+instances, and up to a millisecond of latency at each hand-over.
+
+Both sleeps become waits that end as soon as there is work:
+
+* the DUL thread waits on its socket and on a wake-up socket pair written to
+  whenever a primitive is queued for it to send (``to_provider_queue``);
+* the acceptor thread waits on an event set whenever something is queued for
+  it (a complete DIMSE message in ``dimse.msg_queue``, a release or abort
+  primitive in ``dul.to_user_queue``).
+
+Both still wake every ``MAX_WAIT`` seconds, so timers (ARTIM, idle timeout)
+and flags set without a queue (``kill()``) keep working.  The loops
+themselves are pynetdicom's, unchanged: the modules' ``time`` is replaced by
+a proxy whose ``sleep`` waits as above when called from those two loops and
+sleeps as before anywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import pynetdicom.association as association_module
+import pynetdicom.dul as dul_module
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+
+MAX_WAIT = 0.05
+_installed = False
+
+
+class NotifyingQueue(queue.Queue):
+    """A queue that calls ``notify()`` after every put."""
+
+    def __init__(self, notify) -> None:
+        super().__init__()
+        self._notify = notify
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._notify()
+
+
+def _assoc_event(assoc: Association) -> threading.Event:
+    event = assoc.__dict__.get("_pacs_wakeup")
+    if event is None:
+        event = assoc.__dict__.setdefault("_pacs_wakeup", threading.Event())
+    return event
+
+
+class _DulWakeup:
+    """A socket pair the DUL thread selects on with its connection."""
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def notify(self) -> None:
+        # full: a wake-up is pending anyway; closed: the thread has ended
+        with contextlib.suppress(OSError):
+            self.writer.send(b"\x00")
+
+    def drain(self) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+def _dul_sleep(dul: DULServiceProvider, seconds: float) -> None:
+    wakeup: _DulWakeup | None = getattr(dul, "_pacs_wakeup", None)
+    sock = getattr(dul.socket, "socket", None) if dul.socket is not None else None
+    if wakeup is None or sock is None:
+        time.sleep(seconds)
+        return
+    try:
+        select.select([sock, wakeup.reader], [], [], MAX_WAIT)
+    except (OSError, ValueError):  # the connection closed meanwhile
+        time.sleep(seconds)
+    wakeup.drain()
+
+
+class _WaitingTime:
+    """``time`` for pynetdicom's dul and association modules (see the module doc)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        thread = threading.current_thread()
+        caller = sys._getframe(1).f_code
+        if isinstance(thread, DULServiceProvider) and caller is _DUL_LOOP:
+            _dul_sleep(thread, seconds)
+        elif isinstance(thread, Association) and caller is _ASSOC_LOOP:
+            event = _assoc_event(thread)
+            event.wait(MAX_WAIT)
+            event.clear()
+        else:
+            time.sleep(seconds)
+
+
+_DUL_LOOP = DULServiceProvider.run_reactor.__code__
+_ASSOC_LOOP = Association._run_reactor.__code__
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    dul_init, dimse_init = DULServiceProvider.__init__, DIMSEServiceProvider.__init__
+    run_reactor = DULServiceProvider.run_reactor
+
+    def init_dul(self: DULServiceProvider, assoc: Association) -> None:
+        dul_init(self, assoc)
+        wake_assoc = _assoc_event(assoc).set
+        self.to_user_queue = NotifyingQueue(wake_assoc)
+        self.to_provider_queue = NotifyingQueue(lambda: _notify_dul(self))
+
+    def init_dimse(self: DIMSEServiceProvider, assoc: Association) -> None:
+        dimse_init(self, assoc)
+        self.msg_queue = NotifyingQueue(_assoc_event(assoc).set)
+
+    def run_dul(self: DULServiceProvider) -> None:
+        self._pacs_wakeup = _DulWakeup()
+        try:
+            run_reactor(self)
+        finally:
+            self._pacs_wakeup.close()
+
+    DULServiceProvider.__init__ = init_dul
+    DIMSEServiceProvider.__init__ = init_dimse
+    DULServiceProvider.run_reactor = run_dul
+    dul_module.time = association_module.time = _WaitingTime()
+    _installed = True
+
+
+def _notify_dul(dul: DULServiceProvider) -> None:
+    wakeup = getattr(dul, "_pacs_wakeup", None)
+    if wakeup is not None:
+        wakeup.notify()
