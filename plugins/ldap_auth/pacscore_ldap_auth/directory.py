@@ -33,7 +33,13 @@ class DirectoryUnavailable(Exception):
 
 
 class LoginRefused(Exception):
-    """The directory knows the login and says no (wrong password, ambiguous login)."""
+    """The directory knows the login and says no (wrong password, ambiguous login).
+
+    ``str(exc)`` is the reason shown to the user; ``detail`` is for the administrator."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.detail = detail
 
 
 class UserUnknown(Exception):
@@ -227,6 +233,7 @@ class Directory:
             return self._direct_log_in(login, password)
         self.bind_service()
         dn, attributes = self.find_user(login)
+        self._require_exact_login(login, attributes)
         self.bind_user(dn, password)
         self.bind_service()  # groups are read with the service account's rights
         return DirectoryUser(dn, attributes, self.groups_of(dn, attributes))
@@ -235,11 +242,26 @@ class Directory:
         # an unknown login is "invalid credentials" here: the bind cannot tell it apart
         bind_dn = user_bind_dn(self.settings, login)
         self.bind_user(bind_dn, password)
-        if self.settings["base_dn"]:
-            dn, attributes = self.find_user(login)  # a UPN template is no DN: search
-        else:
-            dn, attributes = bind_dn, self.read_entry(bind_dn)
+        try:
+            if self.settings["base_dn"]:
+                dn, attributes = self.find_user(login)  # a UPN template is no DN: search
+            else:
+                dn, attributes = bind_dn, self.read_entry(bind_dn)
+        except UserUnknown as exc:
+            raise DirectoryUnavailable(
+                f"bound as {bind_dn!r} but no entry matches the user filter under the base DN"
+            ) from exc
+        self._require_exact_login(login, attributes)
         return DirectoryUser(dn, attributes, self.groups_of(dn, attributes))
+
+    def _require_exact_login(self, login: str, attributes: dict[str, list[str]]) -> None:
+        """Directory matching ignores case and extra spaces; the local account is keyed by
+        the exact login.  Accepting "ALICE" for alice would create a second local account
+        that escapes alice's lockout and disabled status: only the login as stored passes."""
+        stored = attributes.get(self.settings["login_attribute"]) or []
+        if login not in stored:
+            detail = f"the directory stores this login as {stored!r}: type it exactly so"
+            raise LoginRefused("invalid credentials", detail)
 
     # -- groups ------------------------------------------------------------------------------
 

@@ -242,7 +242,7 @@ def test_login(pacs: Pacs, login: str, password: str) -> CheckResult:
     except UserUnknown:
         return CheckResult(False, f"no directory entry for {login!r}")
     except LoginRefused as exc:
-        return CheckResult(False, f"refused: {exc}")
+        return CheckResult(False, f"refused: {exc}" + (f" ({exc.detail})" if exc.detail else ""))
     with connection():
         verdict = _verdict(settings, user)
     return CheckResult(

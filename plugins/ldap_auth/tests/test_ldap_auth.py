@@ -196,6 +196,22 @@ def test_filter_injection_is_refused(ldap_pacs, login):
         assert User.select().count() == 0
 
 
+@pytest.mark.parametrize("bind_mode", ["search", "direct"])
+def test_only_the_login_as_stored_passes_not_a_case_or_space_variant(pacs, slapd, bind_mode):
+    # the directory matches "ALICE" and "alice " to alice; a second local account must not
+    template = f"uid={{login}},{PEOPLE}"
+    configure(pacs, slapd, bind_mode=bind_mode, user_dn_template=template)
+    assert log_in(pacs, "alice", "alice-pw").success
+    with connection():
+        User.update(status="disabled").where(User.login == "alice").execute()
+    for variant in ("ALICE", "Alice", "alice ", " alice"):
+        result = log_in(pacs, variant, "alice-pw")
+        assert not result.success and result.reason == "invalid credentials", variant
+    with connection():
+        assert [u.login for u in User.select()] == ["alice"]
+    assert "type it exactly" in plugin.test_login(pacs, "Alice", "alice-pw").message
+
+
 def test_logins_are_escaped_in_filters_and_dns():
     settings = {"user_filter": "objectClass=person", "login_attribute": "uid"}
     assert (
