@@ -142,11 +142,16 @@ class Directory:
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, s["connect_timeout"])
         conn.set_option(ldap.OPT_TIMEOUT, s["operation_timeout"])
         conn.timeout = s["operation_timeout"]  # python-ldap's synchronous calls wait this long
-        if s["ca_file"]:
-            conn.set_option(ldap.OPT_X_TLS_CACERTFILE, s["ca_file"])
-        verify = ldap.OPT_X_TLS_DEMAND if s["verify_certificate"] else ldap.OPT_X_TLS_NEVER
-        conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, verify)
-        conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # applies the TLS options above; last
+        try:
+            if s["ca_file"]:
+                conn.set_option(ldap.OPT_X_TLS_CACERTFILE, s["ca_file"])
+            verify = ldap.OPT_X_TLS_DEMAND if s["verify_certificate"] else ldap.OPT_X_TLS_NEVER
+            conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, verify)
+            conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # applies the TLS options above; last
+        except ValueError as exc:  # libldap says only "option error"
+            raise DirectoryUnavailable(
+                f"the TLS settings were refused: is the CA file {s['ca_file']!r} a readable PEM?"
+            ) from exc
         if s["start_tls"]:
             conn.start_tls_s()
         return conn

@@ -21,7 +21,7 @@ from marshmallow import ValidationError
 from pacscore_ldap_auth.directory import user_bind_dn, user_search_filter
 from pacscore_ldap_auth.login import NO_GROUP_REASON, UNAVAILABLE_REASON
 
-from pacscore.models import AuditEvent, PluginState, User, connection
+from pacscore.models import AuditEvent, PluginFailureRecord, PluginState, User, connection
 from pacscore.users import hash_password, log_in
 
 MAPPING = [
@@ -361,6 +361,18 @@ def test_starttls_refused_with_another_ca(pacs, slapd, pki):
     configure(pacs, slapd, start_tls=True, ca_file=str(pki.other_ca_file))
     check = plugin.test_connection(pacs)
     assert not check.ok
+
+
+def test_a_missing_ca_file_is_reported_not_crashed(ldap_pacs, slapd, tmp_path):
+    missing = str(tmp_path / "gone-ca.pem")
+    configure(ldap_pacs, slapd, start_tls=True, ca_file=missing)
+    check = plugin.test_connection(ldap_pacs)
+    assert not check.ok and missing in check.message
+    result = log_in(ldap_pacs, "alice", "alice-pw")
+    assert not result.success
+    assert [kind for kind, _ in ldap_pacs.recorded_alerts] == ["ldap_unavailable"]
+    with connection():
+        assert PluginFailureRecord.select().count() == 0  # handled, not a plugin crash
 
 
 # -- settings and the settings page's checks ------------------------------------------------
