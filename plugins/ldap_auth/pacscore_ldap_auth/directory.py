@@ -9,7 +9,6 @@ which servers accept).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +95,17 @@ def user_bind_dn(settings: dict[str, Any], login: str) -> str:
     """The direct-bind DN: the template with the escaped login (str.replace: no format
     fields besides ``{login}``)."""
     return settings["user_dn_template"].replace("{login}", escape_dn_chars(login))
+
+
+def membership_filter(
+    settings: dict[str, Any], member_dns: list[str], in_chain: bool = False
+) -> str:
+    """Groups (``group_filter``) whose member attribute holds one of ``member_dns`` (escaped);
+    ``in_chain``: directly or through nested groups (Active Directory's matching rule)."""
+    attribute = settings["group_member_attribute"]
+    rule = f":{IN_CHAIN_RULE}:" if in_chain else ""
+    terms = "".join(f"({attribute}{rule}={escape_filter_chars(dn)})" for dn in member_dns)
+    return f"(&{_wrapped(settings['group_filter'])}(|{terms}))"
 
 
 def _decode(entry: dict[str, list[bytes]]) -> dict[str, list[str]]:
@@ -286,9 +296,8 @@ class Directory:
     def _group_base(self) -> str:
         return self.settings["group_base_dn"] or self.settings["base_dn"]
 
-    def _groups_where(self, condition: str) -> list[Group]:
+    def _groups_where(self, filterstr: str) -> list[Group]:
         s = self.settings
-        filterstr = f"(&{_wrapped(s['group_filter'])}{condition})"
         found = self._search(
             self._group_base(), ldap.SCOPE_SUBTREE, filterstr, [s["group_name_attribute"]]
         )
@@ -297,18 +306,17 @@ class Directory:
             for dn, entry in found
         ]
 
-    def _groups_containing(self, member_dns: Iterable[str]) -> list[Group]:
-        attribute = self.settings["group_member_attribute"]
-        terms = "".join(f"({attribute}={escape_filter_chars(dn)})" for dn in member_dns)
-        return self._groups_where(f"(|{terms})") if terms else []
+    def _groups_containing(self, member_dns: list[str]) -> list[Group]:
+        if not member_dns:
+            return []
+        return self._groups_where(membership_filter(self.settings, member_dns))
 
     def groups_of(self, user_dn: str, attributes: dict[str, list[str]]) -> list[Group]:
         """The user's groups, by memberOf or by group objects, nested ones if configured."""
         s = self.settings
         nested = s["nested_groups"]
         if nested and self._group_base() and self.supports_in_chain():
-            attribute, value = s["group_member_attribute"], escape_filter_chars(user_dn)
-            return self._groups_where(f"({attribute}:{IN_CHAIN_RULE}:={value})")
+            return self._groups_where(membership_filter(s, [user_dn], in_chain=True))
         if s["group_search"] == "member_of":
             dns = attributes.get(s["member_of_attribute"]) or []
             direct = [Group(dn, _rdn_value(dn)) for dn in dns]

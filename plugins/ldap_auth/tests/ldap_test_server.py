@@ -221,6 +221,8 @@ BASE_TREE = "\n".join(
         group("radiologists", user_dn("alice"), user_dn("carol")),
         group("referring", user_dn("bob"), user_dn(r"smith\,(jr)*")),
         group("admins", user_dn("carol")),
+        f"dn: cn=unique-referring,{GROUPS}\nobjectClass: groupOfUniqueNames\n"
+        f"cn: unique-referring\nuniqueMember: {user_dn('bob')}\n",
         # a group of groups, for nested membership
         group("imaging-staff", f"cn=radiologists,{GROUPS}"),
     ]

@@ -18,7 +18,7 @@ from ldap_test_server import (
     user_dn,
 )
 from marshmallow import ValidationError
-from pacscore_ldap_auth.directory import user_bind_dn, user_search_filter
+from pacscore_ldap_auth.directory import membership_filter, user_bind_dn, user_search_filter
 from pacscore_ldap_auth.login import NO_GROUP_REASON, UNAVAILABLE_REASON
 
 from pacscore.models import AuditEvent, PluginFailureRecord, PluginState, User, connection
@@ -253,6 +253,20 @@ def test_member_of_group_search(pacs, slapd):
     assert found.groups == ["radiologists"]
 
 
+def test_groups_of_unique_names(pacs, slapd):
+    rules = [{"group": "unique-referring", "profile": "secretary"}]
+    configure(pacs, slapd, group_member_attribute="uniqueMember", profile_mapping=rules)
+    assert log_in(pacs, "bob", "bob-pw").user.profile == "secretary"
+    assert not log_in(pacs, "alice", "alice-pw").success
+
+
+def test_the_in_chain_filter_for_active_directory_is_escaped():
+    settings = {"group_member_attribute": "member", "group_filter": "(objectClass=group)"}
+    assert membership_filter(settings, ["CN=a*b,DC=corp"], in_chain=True) == (
+        r"(&(objectClass=group)(|(member:1.2.840.113556.1.4.1941:=CN=a\2ab,DC=corp)))"
+    )
+
+
 def test_nested_groups_are_followed_when_enabled(pacs, slapd):
     staff_first = [{"group": "imaging-staff", "profile": "technician"}, *MAPPING]
     configure(pacs, slapd, profile_mapping=staff_first)
@@ -261,6 +275,7 @@ def test_nested_groups_are_followed_when_enabled(pacs, slapd):
     assert log_in(pacs, "alice", "alice-pw").user.profile == "technician"
     found = plugin.test_login(pacs, "alice", "alice-pw")
     assert sorted(found.groups) == ["imaging-staff", "radiologists"]
+    assert plugin.test_connection(pacs).details["nested_groups"].startswith("followed level")
 
 
 # -- the directory unavailable -----------------------------------------------------------------
