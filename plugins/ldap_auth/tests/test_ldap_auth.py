@@ -372,6 +372,21 @@ def test_ldaps_with_the_test_ca_and_refused_with_another_ca(pacs, slapd, pki):
     assert pacs.recorded_alerts
 
 
+def test_certificate_check_can_be_turned_off(pacs, slapd, pki):
+    uris = [slapd.ldaps_uri]
+    configure(pacs, slapd, uris=uris, ca_file=str(pki.other_ca_file), verify_certificate=False)
+    assert log_in(pacs, "alice", "alice-pw").success
+
+
+def test_the_uris_are_tried_in_order(pacs, slapd):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        dead = f"ldap://127.0.0.1:{probe.getsockname()[1]}/"
+    configure(pacs, slapd, uris=[dead, slapd.ldap_uri])
+    assert log_in(pacs, "alice", "alice-pw").success
+    assert pacs.recorded_alerts == []
+
+
 def test_starttls_refused_with_another_ca(pacs, slapd, pki):
     configure(pacs, slapd, start_tls=True, ca_file=str(pki.other_ca_file))
     check = plugin.test_connection(pacs)
