@@ -31,7 +31,7 @@ from pacscore.models import (
 from pacscore.outbox import Outbox
 from pacscore.plugins import PluginFailure, PluginHost
 from pacscore.rights import ensure_default_profiles
-from pacscore.secrets import SecretBox
+from pacscore.secrets import SecretBox, is_encrypted
 from pacscore.storage import recover_incoming
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,22 @@ class Pacs:
             raise ValidationError({"_schema": [f"plugin {name} has no settings"]})
         row = PluginState.get_or_none(PluginState.name == name)
         current = json.loads(row.settings) if row else {}
-        validated = schema.load({**current, **changes})
+        validated = self._encrypt_secret_fields(schema, schema.load({**current, **changes}))
         value = json.dumps(schema.dump(validated))
         PluginState.insert(name=name, settings=value).on_conflict(
             conflict_target=[PluginState.name], update={PluginState.settings: value}
         ).execute()
         return validated
+
+    def _encrypt_secret_fields(self, schema, values: dict[str, Any]) -> dict[str, Any]:
+        """Encrypt the fields declared ``metadata={"secret": True}`` (passwords): plugin
+        settings never hold a secret in clear; the plugin calls ``pacs.secrets.decrypt``."""
+        encrypted = dict(values)
+        for name, field in schema.fields.items():
+            value = encrypted.get(name)
+            if field.metadata.get("secret") and value and not is_encrypted(value):
+                encrypted[name] = self.secrets.encrypt(value)
+        return encrypted
 
     def _persist_failure(self, failure: PluginFailure) -> None:
         with connection():

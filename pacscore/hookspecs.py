@@ -234,7 +234,11 @@ def authenticate(pacs: Pacs, login: str, password: str) -> dict[str, Any] | None
     "user": {...attributes...}}`` to accept; ``{"accepted": False, "method":
     ..., "reason": "..."}`` to refuse.  Fires in the web request thread.  An
     exception is recorded and treated as ``None``.  Lockout applies whatever
-    the method.
+    the method, except to a refusal that also carries ``"unavailable": True``
+    (the authority could not be reached, so no password was checked).  An
+    accepted account becomes managed by the plugin (``auth_source`` = the
+    method, no local password): when the plugin later returns ``None`` it is
+    refused, never checked against a stale local password.
     """
 
 

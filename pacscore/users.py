@@ -70,6 +70,8 @@ class LoginResult:
     method: str = "local"
     reason: str = ""
     must_change_password: bool = False
+    # False when the authority could not be reached: no password was checked
+    counts_toward_lockout: bool = True
 
 
 def log_in(pacs: Pacs, login: str, password: str, source_ip: str = "") -> LoginResult:
@@ -113,12 +115,22 @@ def _decide(pacs: Pacs, login: str, password: str) -> LoginResult:
     if verdict is not None:
         method = str(verdict.get("method", "plugin"))
         if not verdict.get("accepted"):
-            return LoginResult(False, method=method, reason=verdict.get("reason", "refused"))
+            reason = verdict.get("reason", "refused")
+            counts = not verdict.get("unavailable", False)
+            return LoginResult(False, method=method, reason=reason, counts_toward_lockout=counts)
         user = upsert_external_user(login, method, verdict.get("user") or {})
         return LoginResult(True, user=user, method=method)
-    if user is None or not user.password_hash or not verify_password(password, user.password_hash):
+    if user is None or not _local_password_matches(user, password):
         return LoginResult(False, reason="invalid credentials")
     return LoginResult(True, user=user, must_change_password=password_expired(pacs, user))
+
+
+def _local_password_matches(user: User, password: str) -> bool:
+    # an account a plugin manages (auth_source "ldap"...) never logs in with a local password,
+    # even a stale one: when its plugin is off or lets local accounts decide, it is refused
+    if user.auth_source != "local" or not user.password_hash:
+        return False
+    return verify_password(password, user.password_hash)
 
 
 def is_locked(user: User) -> bool:
@@ -138,6 +150,8 @@ def password_expired(pacs: Pacs, user: User) -> bool:
 def _count_attempt(pacs: Pacs, login: str, result: LoginResult) -> None:
     user = result.user or User.get_or_none(User.login == login)
     if user is None or result.reason in ("account disabled", "account locked"):
+        return
+    if not result.counts_toward_lockout:
         return
     if result.success:
         user.failed_attempts = 0
@@ -166,6 +180,7 @@ def upsert_external_user(login: str, method: str, attributes: dict[str, Any]) ->
         user.services = json.dumps(list(attributes["services"]))
     user.auth_source = method
     user.password_hash = ""
+    user.must_change_password = False  # the password lives with the plugin's authority
     user.save()
     return user
 
