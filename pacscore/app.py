@@ -31,7 +31,7 @@ from pacscore.models import (
 from pacscore.outbox import Outbox
 from pacscore.plugins import PluginFailure, PluginHost
 from pacscore.rights import ensure_default_profiles
-from pacscore.secrets import SecretBox
+from pacscore.secrets import SecretBox, is_encrypted
 from pacscore.storage import recover_incoming
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,24 @@ class Pacs:
         log.error("alert %s: %s", kind, message)
         self.hooks.call_each("on_alert", pacs=self, kind=kind, message=message, details=details)
 
+    def send_mail(
+        self,
+        to: list[str],
+        subject: str,
+        text: str,
+        html: str | None = None,
+        kind: str = "",
+        reply_to: str | None = None,
+    ) -> int:
+        """Enqueue an e-mail (a durable ``mail`` job); return the job id.
+
+        See :func:`pacscore.mail.send_mail`.  Raises ``ValueError`` on an
+        invalid address.  Delivery needs a plugin implementing ``deliver_mail``.
+        """
+        from pacscore.mail import send_mail
+
+        return send_mail(self, to, subject, text, html=html, kind=kind, reply_to=reply_to)
+
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """A plugin's settings, validated by its schema (defaults filled in)."""
         row = PluginState.get_or_none(PluginState.name == name)
@@ -166,14 +184,24 @@ class Pacs:
             return schema.load({})
 
     def save_plugin_settings(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``changes`` with the plugin's schema and persist them."""
+        """Validate ``changes`` with the plugin's schema and persist them.
+
+        The values of fields with ``metadata={"secret": True}`` are encrypted
+        with ``self.secrets`` before they are stored (and returned, and read
+        back by :meth:`plugin_settings`, encrypted: ``self.secrets.decrypt``).
+        """
         schema = self.hooks.settings_schema(name)
         if schema is None:
             raise ValidationError({"_schema": [f"plugin {name} has no settings"]})
         row = PluginState.get_or_none(PluginState.name == name)
         current = json.loads(row.settings) if row else {}
         validated = schema.load({**current, **changes})
-        value = json.dumps(schema.dump(validated))
+        dumped = schema.dump(validated)
+        for key, field in schema.fields.items():
+            # fields marked metadata={"secret": True} are never stored in clear
+            if field.metadata.get("secret") and dumped.get(key) and not is_encrypted(dumped[key]):
+                dumped[key] = validated[key] = self.secrets.encrypt(dumped[key])
+        value = json.dumps(dumped)
         PluginState.insert(name=name, settings=value).on_conflict(
             conflict_target=[PluginState.name], update={PluginState.settings: value}
         ).execute()

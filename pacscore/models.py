@@ -236,6 +236,14 @@ class AppliedMigration(BaseModel):
     applied = DateTimeField(default=utcnow)
 
 
+class MailAlertSent(BaseModel):
+    """When an alert (kind + storage) was last mailed by the email plugin: its quiet period."""
+
+    key = CharField(max_length=255, unique=True)
+    last_sent = DateTimeField(default=utcnow)
+    suppressed = IntegerField(default=0)  # occurrences not mailed since last_sent
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -254,6 +262,7 @@ ALL_MODELS = [
     Job,
     SchemaVersion,
     AppliedMigration,
+    MailAlertSent,
 ]
 
 
