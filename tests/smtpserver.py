@@ -60,8 +60,9 @@ class SmtpServer:
         security: str = "none",
         login: str | None = None,
         password: str | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.security = security
         self.handler = Recorder()
         self.ca_file: Path | None = None
