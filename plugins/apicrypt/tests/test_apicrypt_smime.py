@@ -230,3 +230,22 @@ def test_apicrypt_commands(pacs_home, pki, tmp_path):
     assert "pacs@medical59.apicrypt.org" in pacs_home.cli("apicrypt", "identity", "show").stdout
     bad = pacs_home.cli("apicrypt", "cert", "import", str(us_key), check=False)
     assert bad.returncode == 1 and "no certificate found" in bad.stderr
+
+
+def test_domain_patterns_decide_which_mail_is_protected(tmp_path, smtp, pki):
+    pacs = apicrypt_pacs(tmp_path / "home", "sqlite:///index.db", smtp)
+    with connection():
+        directory.import_identity(pacs, pki["us"].cert_pem() + pki["us"].key_pem())
+    # look-alike domains are not APICrypt: they get the mail as any other domain
+    pacs.send_mail(["x@medical69.apicrypt.org.evil.example"], "s", "clear one")
+    pacs.send_mail(["x@notapicrypt.org"], "s", "clear two")
+    assert [j.state for j in run_mail_jobs(pacs)] == ["done", "done"]
+
+    with connection():
+        pacs.save_plugin_settings(
+            "apicrypt", {"domain_patterns": ["*.apicrypt.org", "mss.example"]}
+        )
+    pacs.send_mail(["Dr.Who@MSS.example"], "s", SECRET_PHRASE)
+    [job] = run_mail_jobs(pacs)
+    assert job.state == "failed" and "no certificate for dr.who@mss.example" in job.last_error
+    assert len(smtp.received) == 2
