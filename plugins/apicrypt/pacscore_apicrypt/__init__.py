@@ -12,6 +12,7 @@ commands.  See README.md.
 from __future__ import annotations
 
 from email.message import EmailMessage
+from email.utils import getaddresses
 from fnmatch import fnmatch
 
 from marshmallow import Schema, fields, validate
@@ -41,8 +42,6 @@ class ApicryptSettings(Schema):
 
 
 def recipients(message: EmailMessage) -> list[str]:
-    from email.utils import getaddresses
-
     values = [str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])]
     return [address.lower() for _, address in getaddresses(values) if address]
 

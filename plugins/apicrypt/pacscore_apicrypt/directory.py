@@ -221,6 +221,9 @@ def certificate_for(address: str) -> x509.Certificate:
     valid = [r for r in rows if r.not_before <= now < r.not_after]
     if valid:
         return x509.load_pem_x509_certificate(valid[0].pem.encode())
-    if rows:
+    if not rows:
+        raise LookupError(f"no certificate for {address} in the APICrypt directory")
+    if rows[0].not_after <= now:
         raise LookupError(f"the certificate of {address} expired on {rows[0].not_after:%Y-%m-%d}")
-    raise LookupError(f"no certificate for {address} in the APICrypt directory")
+    first = min(r.not_before for r in rows)
+    raise LookupError(f"the certificate of {address} is valid only from {first:%Y-%m-%d}")

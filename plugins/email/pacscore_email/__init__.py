@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Any
 
 from pacscore import hookimpl
@@ -39,6 +40,9 @@ def prepare_mail(pacs, message: EmailMessage):
     config = settings(pacs)
     if "From" not in message:
         message["From"] = config["sender"]
+        # a Message-ID in our own domain (the core's is in pacscore.invalid)
+        del message["Message-ID"]
+        message["Message-ID"] = make_msgid(domain=config["sender"].rsplit("@", 1)[-1])
     if "Reply-To" not in message and config["reply_to"]:
         message["Reply-To"] = config["reply_to"]
     return message

@@ -9,7 +9,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from peewee import IntegrityError
 
-from pacscore.models import MailAlertSent, is_sqlite, utcnow, write_transaction
+from pacscore.models import MailAlertSent, db, is_sqlite, utcnow, write_transaction
 
 from .settings import ALERTS_KEY
 
@@ -60,7 +60,7 @@ def claim(key: str, quiet_seconds: int) -> int | None:
     row = query.first()
     if row is None:
         try:
-            with MailAlertSent._meta.database.atomic():
+            with db.atomic():  # a savepoint: the outer transaction survives a conflict
                 MailAlertSent.create(key=key, last_sent=now)
         except IntegrityError:  # another process mailed it a moment ago
             return None

@@ -94,6 +94,7 @@ def test_alert_is_mailed_to_its_recipients_over_starttls_with_auth(make_pacs, sm
     message = mail.message
     assert message["Subject"] == "[Radiology Nord] free disk space is low"
     assert message["From"] == "pacs@hospital.example"
+    assert message["Message-ID"].endswith("@hospital.example>")
     assert "X-Pacscore-Mail-Kind" not in message
     text, html = parts(message)
     assert "storage default has 812 MB free" in text
@@ -116,9 +117,13 @@ def test_the_same_alert_is_not_mailed_again_within_the_quiet_period(
     for free in (900, 850, 800):
         pacs.alert("low_disk_space", f"{free} MB free", storage="default", free_mb=free)
     pacs.alert("low_disk_space", "300 MB free", storage="second", free_mb=300)
-    pacs.alert("file_save_error", "cannot write 1.2.3: disk full", sop_uid="1.2.3")
+    pacs.alert("file_save_error", "cannot write <1.2.3>: disk full", sop_uid="1.2.3")
     assert len(run_mail_jobs(pacs)) == 3
-    assert sorted(m.message["Subject"] for m in smtp.wait_for(3)) == [
+    saved = [m.message for m in smtp.wait_for(3) if "saved" in m.message["Subject"]]
+    text, html = parts(saved[0])
+    assert "cannot write <1.2.3>: disk full" in text
+    assert "cannot write &lt;1.2.3&gt;: disk full" in html  # escaped in HTML
+    assert sorted(m.message["Subject"] for m in smtp.received) == [
         "[pacscore] a received file could not be saved",
         "[pacscore] free disk space is low",
         "[pacscore] free disk space is low",
