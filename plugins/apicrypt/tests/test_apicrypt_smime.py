@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pacscore_apicrypt import directory
 
 from pacscore.models import ApicryptIdentity, connection
-from tests.conftest import new_pacs
+from tests.conftest import PacsProcess, new_pacs
 from tests.pki import TestCA
 from tests.smtpserver import SmtpServer
 
@@ -216,7 +216,8 @@ def test_directory_import_list_search_and_expiry(tmp_path, pki, smtp):
             directory.certificate_for(DR_A)
 
 
-def test_apicrypt_commands(pacs_home, pki, tmp_path):
+def test_apicrypt_commands(pki, tmp_path):
+    pacs_home = PacsProcess(tmp_path / "cli-home", "sqlite:///index.db").init()
     certs = tmp_path / "certs"
     a_cert, _ = pki["a"].write(certs, "a")
     b_cert, _ = pki["b"].write(certs, "b")

@@ -11,7 +11,7 @@ import pacscore_email
 import pytest
 
 from pacscore.models import Job, MailAlertSent, PluginState, connection, utcnow
-from tests.conftest import new_pacs
+from tests.conftest import PacsProcess, new_pacs
 from tests.smtpserver import SmtpServer
 
 pytestmark = [
@@ -269,28 +269,35 @@ def test_without_smtp_host_mail_waits_with_a_clear_error(tmp_path):
 # -- the command line -------------------------------------------------------------------------
 
 
-def test_mail_test_command_sends_now_and_reports_errors(pacs_home, smtp_servers):
+@pytest.fixture
+def sqlite_home(tmp_path):
+    """A home on SQLite only: the command line does not depend on the database."""
+    home = PacsProcess(tmp_path / "cli-home", "sqlite:///index.db").init()
+    yield home
+    home.stop()
+
+
+def test_mail_test_command_sends_now_and_reports_errors(sqlite_home, smtp_servers):
     smtp = smtp_servers(security="starttls", login="relay", password="pw")
     sets = [f"{key}={value}" for key, value in smtp.settings().items()]
-    for assignment in [*sets, "site_name=Radiology Sud"]:
-        pacs_home.cli("plugins", "configure", "email", "--set", assignment)
-    shown = pacs_home.cli("plugins", "configure", "email").stdout
+    assignments = [arg for a in [*sets, "site_name=Radiology Sud"] for arg in ("--set", a)]
+    shown = sqlite_home.cli("plugins", "configure", "email", *assignments).stdout
     assert '"password": "enc:' in shown
 
-    out = pacs_home.cli("mail", "test", "me@hospital.example")
+    out = sqlite_home.cli("mail", "test", "me@hospital.example")
     assert f"test mail sent to me@hospital.example through 127.0.0.1:{smtp.port}" in out.stdout
     [mail] = smtp.wait_for(1)
     assert mail.recipients == ["me@hospital.example"]
     assert mail.message["Subject"] == "[Radiology Sud] test e-mail"
 
-    bad = pacs_home.cli("mail", "test", "not an address", check=False)
+    bad = sqlite_home.cli("mail", "test", "not an address", check=False)
     assert bad.returncode == 1 and "invalid e-mail address" in bad.stderr
 
     smtp.stop()
-    down = pacs_home.cli("mail", "test", "me@hospital.example", check=False)
+    down = sqlite_home.cli("mail", "test", "me@hospital.example", check=False)
     assert down.returncode == 1
     assert "error: the test mail was not sent" in down.stderr and "refused" in down.stderr
 
-    pacs_home.cli("plugins", "disable", "email")
-    disabled = pacs_home.cli("mail", "test", "me@hospital.example", check=False)
+    sqlite_home.cli("plugins", "disable", "email")
+    disabled = sqlite_home.cli("mail", "test", "me@hospital.example", check=False)
     assert disabled.returncode == 1 and "plugin email is disabled" in disabled.stderr
