@@ -152,6 +152,24 @@ class Pacs:
         log.error("alert %s: %s", kind, message)
         self.hooks.call_each("on_alert", pacs=self, kind=kind, message=message, details=details)
 
+    def send_mail(
+        self,
+        to: list[str],
+        subject: str,
+        text: str,
+        html: str | None = None,
+        kind: str = "",
+        reply_to: str | None = None,
+    ) -> int:
+        """Enqueue an e-mail (a durable ``mail`` job); return the job id.
+
+        See :func:`pacscore.mail.send_mail`.  Raises ``ValueError`` on an
+        invalid address.  Delivery needs a plugin implementing ``deliver_mail``.
+        """
+        from pacscore.mail import send_mail
+
+        return send_mail(self, to, subject, text, html=html, kind=kind, reply_to=reply_to)
+
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """A plugin's settings, validated by its schema (defaults filled in)."""
         row = PluginState.get_or_none(PluginState.name == name)
@@ -166,7 +184,12 @@ class Pacs:
             return schema.load({})
 
     def save_plugin_settings(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``changes`` with the plugin's schema and persist them."""
+        """Validate ``changes`` with the plugin's schema and persist them.
+
+        The values of fields with ``metadata={"secret": True}`` are encrypted
+        with ``self.secrets`` before they are stored (and returned, and read
+        back by :meth:`plugin_settings`, encrypted: ``self.secrets.decrypt``).
+        """
         schema = self.hooks.settings_schema(name)
         if schema is None:
             raise ValidationError({"_schema": [f"plugin {name} has no settings"]})

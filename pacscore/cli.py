@@ -380,6 +380,42 @@ def cmd_jobs_delete(args) -> int:
     return 0
 
 
+# -- commands contributed by plugins (hook cli_commands) --------------------------------
+
+
+def add_plugin_commands(commands) -> None:
+    """Let every installed plugin add subcommands; tag them with the plugin's name."""
+    from pacscore.plugins import PluginHost
+
+    host = PluginHost()
+    # the home (hence which plugins are disabled) is not known yet; an unimportable
+    # plugin is reported by the command itself and by `plugins list`, not here
+    logging.disable(logging.CRITICAL)
+    try:
+        host.load_entry_points()
+    finally:
+        logging.disable(logging.NOTSET)
+    for impl in host.pm.hook.cli_commands.get_hookimpls():
+        before = set(commands.choices)
+        try:
+            impl.function(subparsers=commands)
+        except Exception:  # noqa: BLE001 - a plugin must not break the command line
+            logging.getLogger(__name__).exception("plugin %s: cli_commands", impl.plugin_name)
+        for name in set(commands.choices) - before:
+            commands.choices[name].set_defaults(plugin_command=impl.plugin_name)
+
+
+def run_plugin_command(args) -> int:
+    pacs = _open(args)
+    if pacs.hooks.pm.get_plugin(args.plugin_command) is None:
+        raise CommandError(
+            f"plugin {args.plugin_command} is disabled or failed to load "
+            f"(see 'pacscore plugins list'): '{args.command}' is unavailable"
+        )
+    with connection():
+        return args.func(args, pacs) or 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -507,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("delete", help="delete a job")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_jobs_delete)
+
+    add_plugin_commands(commands)
     return parser
 
 
@@ -544,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
             max(logging.WARNING, logging.getLevelName(args.log_level.upper()))
         )
     try:
+        if getattr(args, "plugin_command", None):
+            return run_plugin_command(args)
         return args.func(args)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
     from email.message import EmailMessage
 
     import flask
@@ -192,7 +193,9 @@ def job_handlers(pacs: Pacs) -> dict[str, JobHandler] | None:
     it again at the next start): ``func`` must be idempotent.  ``func``
     raises to fail the attempt: the job is retried after the delays of
     ``handler.retry_schedule`` (default one hour, one day, two days, a week),
-    then marked ``failed``.  A kind already claimed by another plugin, a value
+    then marked ``failed``; raising :class:`pacscore.jobs.PermanentJobError`
+    marks it ``failed`` at once (retrying cannot help).  A kind already
+    claimed by another plugin, a value
     that is not a ``JobHandler``, or an exception here is recorded, and the
     plugin's kinds (or that kind) are not run.
     """
@@ -259,12 +262,19 @@ def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
 def prepare_mail(pacs: Pacs, message: EmailMessage) -> EmailMessage | None:
     """Transform an outgoing e-mail before it is delivered.
 
-    Called in the thread sending the mail (a job worker), for every mail,
-    in plugin registration order; each implementation receives the message
-    returned by the previous one.  Return a new message (for instance an
-    S/MIME encrypted one) or ``None`` to leave it unchanged.  Unlike most
-    hooks, an exception here *aborts the delivery* and fails the mail job
-    with the error: a plugin that must encrypt can refuse a clear-text send.
+    Called in the thread sending the mail (a ``mail`` job worker, or a
+    command sending a test mail), for every mail enqueued with
+    ``pacs.send_mail``, in plugin registration order (``tryfirst``/``trylast``
+    honoured); each implementation receives the message returned by the
+    previous one.  The message has ``To``, ``Subject``, ``Date``,
+    ``Message-ID``, maybe ``Reply-To``, and ``X-Pacscore-Mail-Kind`` (the
+    ``kind`` given to ``send_mail``, removed before delivery); a plugin that
+    delivers mail fills in ``From``.  Return a new message (for instance an
+    S/MIME encrypted one) or ``None`` to leave it unchanged (changing it in
+    place is fine too).  Unlike most hooks, an exception here *aborts the
+    delivery* and fails the mail job with the error (retried on the mail
+    schedule; :class:`pacscore.jobs.PermanentJobError` fails it at once): a
+    plugin that must encrypt can refuse a clear-text send.
     """
 
 
@@ -272,7 +282,31 @@ def prepare_mail(pacs: Pacs, message: EmailMessage) -> EmailMessage | None:
 def deliver_mail(pacs: Pacs, message: EmailMessage) -> bool | None:
     """Deliver an e-mail (after ``prepare_mail``).
 
-    firstresult: the first implementation returning ``True`` delivered it.
-    Called in a job worker thread.  Raise to signal a failure: the mail job
-    is retried on its schedule.  ``None`` means "not handled here".
+    firstresult: the first implementation returning ``True`` delivered it;
+    when every one answers ``None`` ("not handled here"), or none is
+    installed, the mail job fails with "no plugin delivers e-mail" and is
+    retried.  Called in a job worker thread.  Not isolated: raise to signal
+    a failure, a plain exception for a temporary one (server down, SMTP 4xx:
+    the job is retried on the mail schedule, from a minute to a week),
+    :class:`pacscore.jobs.PermanentJobError` for one retrying cannot fix
+    (SMTP 5xx for a recipient): the job fails at once with that message.
+    """
+
+
+# --- command line -------------------------------------------------------------
+
+
+@hookspec
+def cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pacscore`` subcommands: ``subparsers.add_parser("name", ...)``.
+
+    Called when the command line is parsed, before the home is known, for
+    every installed plugin (the disabled ones too; their commands then
+    refuse to run).  Give each parser you add (or its subparsers)
+    ``set_defaults(func=f)``: ``f(args, pacs)`` is called with the opened
+    :class:`pacscore.app.Pacs` (plugins loaded) and a database connection,
+    and returns the exit status.  Raise ``ValueError`` (or
+    ``pacscore.cli.CommandError``) for a user error: printed as ``error:
+    ...``, exit status 1.  Return nothing.  An exception here is logged and
+    the plugin's commands are missing.
     """

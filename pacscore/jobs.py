@@ -10,7 +10,9 @@ SQLite), so that two workers, in one process or in several, never run the
 same job.  A failed job is retried after the delays of its kind's retry
 schedule, then marked ``failed``.  A job left ``running`` by a process that
 died is taken again at the next start (:meth:`Jobs.requeue_running`): handlers
-must be idempotent.
+must be idempotent.  A handler that knows retrying cannot help (a mail
+server refusing a recipient for good, a missing certificate) raises
+:class:`PermanentJobError`: the job is ``failed`` at once.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ STATES = (PENDING, RUNNING, DONE, FAILED)
 DEFAULT_RETRY_SCHEDULE = [3600, 86400, 172800, 604800]
 
 MAX_ERROR_CHARS = 4000
+
+
+class PermanentJobError(Exception):
+    """Raised by a job handler when retrying cannot succeed: the job is marked
+    ``failed`` at once, with this error as ``last_error``, instead of being
+    retried on its kind's schedule.  ``pacscore jobs retry ID`` still gives
+    it another attempt once an administrator has fixed the cause."""
 
 
 @dataclass
@@ -170,14 +179,14 @@ class Jobs:
             ).execute()
         job.state = DONE
 
-    def fail(self, job: Job, error: str) -> None:
+    def fail(self, job: Job, error: str, permanent: bool = False) -> None:
         """Record a failed attempt: pending again after the schedule's next delay,
-        or ``failed`` once the schedule is exhausted."""
+        or ``failed`` once the schedule is exhausted (at once if ``permanent``)."""
         schedule = self.retry_schedule(job.kind)
         attempts = max(job.attempts, 1)
         now = utcnow()
         changes: dict[Any, Any] = {Job.last_error: error[-MAX_ERROR_CHARS:], Job.updated: now}
-        if attempts > len(schedule):
+        if permanent or attempts > len(schedule):
             changes[Job.state] = FAILED
         else:
             changes[Job.state] = PENDING
@@ -252,10 +261,16 @@ class Jobs:
                 handler.func(self.pacs, json.loads(job.payload))
         except Exception as exc:  # noqa: BLE001 - a job failure is the handler's
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            permanent = isinstance(exc, PermanentJobError)
             log.warning(
-                "job %d (%s) failed, attempt %d: %s", job.id, job.kind, job.attempts, detail
+                "job %d (%s) failed%s, attempt %d: %s",
+                job.id,
+                job.kind,
+                " for good" if permanent else "",
+                job.attempts,
+                detail,
             )
-            self.fail(job, detail)
+            self.fail(job, detail, permanent=permanent)
             return False
         self.complete(job)
         return True

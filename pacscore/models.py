@@ -236,6 +236,44 @@ class AppliedMigration(BaseModel):
     applied = DateTimeField(default=utcnow)
 
 
+class MailAlertSent(BaseModel):
+    """When an alert (kind + storage) was last mailed by the email plugin: its quiet period."""
+
+    key = CharField(max_length=255, unique=True)
+    last_sent = DateTimeField(default=utcnow)
+    suppressed = IntegerField(default=0)  # occurrences not mailed since last_sent
+
+
+class ApicryptIdentity(BaseModel):
+    """Our APICrypt signing identity (apicrypt plugin): one row, the last import."""
+
+    email = CharField(max_length=255, default="")
+    name = CharField(max_length=324, default="")
+    fingerprint = CharField(max_length=64)  # SHA-256 of our certificate, hex
+    not_after = DateTimeField()
+    cert_pem = TextField()  # our certificate, then its chain
+    key = TextField()  # PKCS#8 PEM, encrypted with pacs.secrets
+    imported = DateTimeField(default=utcnow)
+
+
+class ApicryptCertificate(BaseModel):
+    """A correspondent's S/MIME certificate (apicrypt plugin directory), one row per address."""
+
+    email = CharField(max_length=255, index=True)  # lower-case
+    name = CharField(max_length=324, default="")
+    subject = TextField(default="")
+    issuer = TextField(default="")
+    serial = CharField(max_length=128, default="")
+    fingerprint = CharField(max_length=64, index=True)  # SHA-256, hex
+    not_before = DateTimeField()
+    not_after = DateTimeField(index=True)
+    pem = TextField()
+    imported = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("fingerprint", "email"), True),)
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -254,6 +292,9 @@ ALL_MODELS = [
     Job,
     SchemaVersion,
     AppliedMigration,
+    MailAlertSent,
+    ApicryptIdentity,
+    ApicryptCertificate,
 ]
 
 

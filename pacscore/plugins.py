@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "pacscore"
 BUILTIN_PLUGINS = (
     "pacscore.builtin.store_policies",
     "pacscore.builtin.disk_monitor",
+    "pacscore.builtin.mail",
 )
 
 
@@ -144,6 +145,14 @@ class PluginHost:
         for impl in self._implementations(hook_name):
             ok, result = self._call_one(impl, hook_name, kwargs)
             if ok and result is not None:
+                return result
+        return None
+
+    def call_first_strict(self, hook_name: str, **kwargs: Any) -> Any:
+        """Return the first non-None result; an exception propagates (``deliver_mail``)."""
+        for impl in self._implementations(hook_name):
+            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if result is not None:
                 return result
         return None
 
