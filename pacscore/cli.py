@@ -11,7 +11,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from marshmallow import ValidationError
 
@@ -483,7 +486,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("delete", help="delete a job")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_jobs_delete)
+    add_plugin_commands(commands)
     return parser
+
+
+# -- commands contributed by plugins (hook cli_commands) ------------------------------
+
+
+@dataclass
+class CliCommand:
+    """A ``pacscore`` subcommand contributed by a plugin through ``cli_commands``.
+
+    ``add_arguments(parser)`` declares its arguments; ``run(pacs, args)`` does
+    the work with the home opened (plugins loaded, a database connection
+    open) and returns the exit status.  Raise :class:`CommandError` to fail
+    with ``error: ...`` and status 1.
+    """
+
+    name: str
+    help: str
+    run: Callable[[Any, argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def _installed_plugins_host():
+    """A plugin host with every installed plugin that imports (enabled or not)."""
+    from importlib import metadata
+
+    from pacscore.plugins import ENTRY_POINT_GROUP, PluginHost
+
+    host = PluginHost()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            host.register(ep.load(), name=ep.name)
+        except Exception:  # noqa: BLE001 - shown by 'plugins list', not on every command
+            continue
+    return host
+
+
+def _run_plugin_command(plugin: str, command: CliCommand, args) -> int:
+    pacs = _open(args)
+    info = pacs.hooks.infos.get(plugin)
+    if info is None or not info.enabled or info.error:
+        raise CommandError(f"plugin {plugin!r} is disabled or failed to load")
+    with connection():
+        return command.run(pacs, args)
+
+
+def add_plugin_commands(commands) -> None:
+    for plugin, contributed in _installed_plugins_host().call_each_named("cli_commands"):
+        for command in contributed:
+            if command.name in commands.choices:
+                logging.getLogger(__name__).warning(
+                    "plugin %s: command %r already exists, skipped", plugin, command.name
+                )
+                continue
+            parser = commands.add_parser(command.name, help=command.help)
+            if command.add_arguments is not None:
+                command.add_arguments(parser)
+            parser.set_defaults(
+                func=lambda args, p=plugin, c=command: _run_plugin_command(p, c, args)
+            )
 
 
 def configure_logging(level: str, log_dir: Path | None = None) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from pacscore.app import Pacs
     from pacscore.archive import DeletedInstance, IncomingInstance, StoredInstance
+    from pacscore.cli import CliCommand
     from pacscore.jobs import JobHandler
     from pacscore.scheduler import PeriodicTask
 
@@ -245,6 +246,24 @@ def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
     Called once per application factory call, in the thread creating the web
     application.  Every route must declare the right it needs.  An exception
     is recorded and the console starts without the plugin's pages.
+    """
+
+
+@hookspec
+def cli_commands() -> list[CliCommand] | None:
+    """Contribute subcommands to the ``pacscore`` command line.
+
+    Called by every ``pacscore`` invocation while it builds its argument
+    parser, before the home is known (so no ``pacs`` argument), for every
+    installed plugin, enabled or not.  Return a list of
+    :class:`pacscore.cli.CliCommand` (name, help, a function adding the
+    arguments to the subcommand's parser, and ``run(pacs, args)`` returning
+    the exit status), or ``None``.  When the command runs, the core opens the
+    home with plugins loaded and a database connection, and refuses the
+    command if its plugin is disabled.  ``run`` raises
+    :class:`pacscore.cli.CommandError` for a clean ``error: ...`` exit.  A name
+    taken by the core or another plugin is skipped; an exception here is
+    recorded and the plugin's commands are left out.
     """
 
 
