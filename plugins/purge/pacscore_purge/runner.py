@@ -96,6 +96,7 @@ def _execute(pacs: Pacs, report: RunReport, items: list[PlanItem], settings: dic
                 received_before=report.plan.made_at,
                 rule=reason,
             )
-            report.deleted += batch
+            gone = {uid for study in deletion.studies.values() for uid in study["series"]}
+            report.deleted += [i for i in batch if i.series_uid in gone]
             report.instances += deletion.instances
             report.bytes += deletion.bytes
