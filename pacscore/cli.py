@@ -533,8 +533,10 @@ def _run_plugin_command(plugin: str, command: CliCommand, args) -> int:
         return command.run(pacs, args)
 
 
-def add_plugin_commands(commands) -> None:
-    for plugin, contributed in _installed_plugins_host().call_each_named("cli_commands"):
+def add_plugin_commands(commands, host=None) -> None:
+    """Add the subcommands of ``cli_commands`` (installed plugins unless ``host`` given)."""
+    host = host or _installed_plugins_host()
+    for plugin, contributed in host.call_each_named("cli_commands"):
         for command in contributed:
             if command.name in commands.choices:
                 logging.getLogger(__name__).warning(
