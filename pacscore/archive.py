@@ -491,34 +491,50 @@ class Archive:
         for chunk in _chunks([item[0] for item in items]):
             Instance.delete().where(Instance.id.in_(chunk)).execute()
         series_ids = list({item[3] for item in items})
-        study_ids = set()
+        study_ids: set[int] = set()
         for chunk in _chunks(series_ids):
             study_ids |= {
                 s.study_id for s in Series.select(Series.study).where(Series.id.in_(chunk))
             }
-        for series_id in series_ids:
-            count, size = (
-                Instance.select(fn.COUNT(Instance.id), fn.COALESCE(fn.SUM(Instance.size), 0))
-                .where(Instance.series == series_id)
-                .tuples()
-                .first()
-            )
-            if count:
-                Series.update(num_instances=count, size=size).where(
-                    Series.id == series_id
-                ).execute()
-            else:
-                Series.delete().where(Series.id == series_id).execute()
-        patient_ids = set()
+            self._refresh_series(chunk)
+        patient_ids: set[int] = set()
         for chunk in _chunks(list(study_ids)):
             patient_ids |= {
                 s.patient_id for s in Study.select(Study.patient).where(Study.id.in_(chunk))
             }
-        for study_id in study_ids:
-            self._refresh_study(study_id)
-        for patient_id in patient_ids:
-            if not Study.select().where(Study.patient == patient_id).exists():
-                Patient.delete().where(Patient.id == patient_id).execute()
+            emptied = set(chunk) - {
+                row[0]
+                for row in Series.select(Series.study).where(Series.study.in_(chunk)).tuples()
+            }
+            if emptied:
+                Study.delete().where(Study.id.in_(list(emptied))).execute()
+            for study_id in set(chunk) - emptied:
+                self._refresh_study(study_id)
+        for chunk in _chunks(list(patient_ids)):
+            kept = {
+                row[0]
+                for row in Study.select(Study.patient).where(Study.patient.in_(chunk)).tuples()
+            }
+            if set(chunk) - kept:
+                Patient.delete().where(Patient.id.in_(list(set(chunk) - kept))).execute()
+
+    @staticmethod
+    def _refresh_series(series_ids: list[int]) -> None:
+        """Recount series after instance rows went; drop the emptied ones (few statements)."""
+        counts = {
+            series_id: (count, size)
+            for series_id, count, size in Instance.select(
+                Instance.series, fn.COUNT(Instance.id), fn.SUM(Instance.size)
+            )
+            .where(Instance.series.in_(series_ids))
+            .group_by(Instance.series)
+            .tuples()
+        }
+        emptied = [series_id for series_id in series_ids if series_id not in counts]
+        if emptied:
+            Series.delete().where(Series.id.in_(emptied)).execute()
+        for series_id, (count, size) in counts.items():
+            Series.update(num_instances=count, size=size).where(Series.id == series_id).execute()
 
     @staticmethod
     def _refresh_study(study_id: int) -> None:

@@ -262,8 +262,8 @@ def cli_commands() -> list[CliCommand] | None:
     home with plugins loaded and a database connection, and refuses the
     command if its plugin is disabled.  ``run`` raises
     :class:`pacscore.cli.CommandError` for a clean ``error: ...`` exit.  A name
-    taken by the core or another plugin is skipped; an exception here is
-    recorded and the plugin's commands are left out.
+    taken by the core or another plugin is skipped with a warning; an
+    exception here is logged and the plugin's commands are left out.
     """
 
 
