@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 from pacscore.jobs import JobHandler
 from pacscore.models import Job, write_transaction
@@ -23,7 +24,8 @@ TICK_SECONDS = 60
 # a failed purge is retried soon: the next daily run is far away
 RETRY_SCHEDULE = [600, 3600, 6 * 3600]
 
-_last_size_check: dict[int, float] = {}
+# per Pacs object (a process may hold several, as tests do)
+_last_size_check: WeakKeyDictionary = WeakKeyDictionary()
 
 
 def run_job(pacs: Pacs, payload: dict) -> None:
@@ -66,10 +68,10 @@ def tick(pacs: Pacs, now_local: datetime | None = None) -> int | None:
             return job_id
     if not settings["thresholds"]:
         return None
-    last = _last_size_check.get(id(pacs), float("-inf"))
+    last = _last_size_check.get(pacs, float("-inf"))
     if time.monotonic() - last < settings["size_check_minutes"] * 60:
         return None
-    _last_size_check[id(pacs)] = time.monotonic()
+    _last_size_check[pacs] = time.monotonic()
     if size_needs(pacs, settings["thresholds"], []):
         return _enqueue_once(pacs, "threshold", "size", since=None)
     return None

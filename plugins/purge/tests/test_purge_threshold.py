@@ -4,15 +4,17 @@ series kept forever by a 0-day rule are never taken."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from pacscore_purge import make_plan, run_purge
+from pacscore_purge.schedule import tick
 from purge_testlib import configure, purge_pacs, store_files, study_date
 
-from pacscore.models import Storage, Study, connection
+from pacscore.models import Job, Storage, Study, connection
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
 from tests.dicomgen import make_instance
 
@@ -59,7 +61,7 @@ def archive_by_age(pacs, folder: Path, ages: list[int], protected_age: int) -> d
             study_description="Chest",
             rows=256,
             columns=256,
-        )  # fmt: skip
+        )
     )
     store_files(pacs, files)
     with connection():
@@ -83,9 +85,14 @@ def test_free_space_threshold_frees_oldest_first_and_stops_at_the_margin(
         pacs,
         rules=["DX Chest 0"],
         thresholds=[{"storage": "default", "min_free_mb": threshold, "margin_mb": 0.25}],
+        schedule_time="",
     )
     target = int((threshold + 0.25) * MB)
     with connection():
+        # the periodic check notices it and enqueues one size-only job
+        job_id = tick(pacs)
+        assert json.loads(Job.get_by_id(job_id).payload)["scope"] == "size"
+        assert tick(pacs) is None
         plan = make_plan(pacs)
         report = run_purge(pacs)
     after = free(small_fs)
