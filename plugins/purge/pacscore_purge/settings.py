@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from pacscore_purge.rules import normalize
 
@@ -37,25 +37,20 @@ class RuleSchema(Schema):
     )
 
 
-class RuleField(fields.Field):
-    """A rule as an object or as text ``MODALITY DESCRIPTION... DAYS`` (``DX Chest 0``)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str):
-            words = value.split()
-            if len(words) < 3:
-                raise ValidationError(f"expected 'MODALITY DESCRIPTION DAYS', got {value!r}")
-            try:
-                days = int(words[-1])
-            except ValueError:
-                raise ValidationError(f"days must be a whole number in {value!r}") from None
-            value = {"modality": words[0], "description": " ".join(words[1:-1]), "days": days}
-        if not isinstance(value, dict):
-            raise ValidationError("a rule is an object or 'MODALITY DESCRIPTION DAYS'")
-        return RuleSchema().load(value)
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return None if value is None else RuleSchema().dump(value)
+def parse_rule(value) -> dict:
+    """A rule from its text form ``MODALITY DESCRIPTION... DAYS`` (``DX Chest 0``)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError("a rule is an object or 'MODALITY DESCRIPTION DAYS'")
+    words = value.split()
+    if len(words) < 3:
+        raise ValidationError(f"expected 'MODALITY DESCRIPTION DAYS', got {value!r}")
+    try:
+        days = int(words[-1])
+    except ValueError:
+        raise ValidationError(f"days must be a whole number in {value!r}") from None
+    return {"modality": words[0], "description": " ".join(words[1:-1]), "days": days}
 
 
 class ThresholdSchema(Schema):
@@ -78,7 +73,11 @@ class ThresholdSchema(Schema):
 
 
 class PurgeSettingsSchema(Schema):
-    rules = fields.List(RuleField(), load_default=list, metadata={"help": "retention rules"})
+    rules = fields.List(
+        fields.Nested(RuleSchema),
+        load_default=list,
+        metadata={"help": "retention rules; also accepted as text: 'MG * 1825'"},
+    )
     date_source = fields.String(
         load_default="study_date",
         validate=validate.OneOf(["study_date", "last_received"]),
@@ -106,6 +105,21 @@ class PurgeSettingsSchema(Schema):
         validate=validate.Range(min=1),
         metadata={"help": "series deleted per transaction"},
     )
+
+    @pre_load
+    def _rules_from_text(self, data, **kwargs):
+        rules = data.get("rules") if isinstance(data, dict) else None
+        if not isinstance(rules, list):
+            return data
+        parsed, errors = [], {}
+        for index, rule in enumerate(rules):
+            try:
+                parsed.append(parse_rule(rule))
+            except ValidationError as exc:
+                errors[index] = exc.messages
+        if errors:
+            raise ValidationError({"rules": errors})
+        return {**data, "rules": parsed}
 
     @post_load
     def _warn(self, data, **kwargs):
