@@ -383,18 +383,20 @@ def cmd_jobs_delete(args) -> int:
 # -- commands contributed by plugins (hook cli_commands) --------------------------------
 
 
-def add_plugin_commands(commands) -> None:
-    """Let every installed plugin add subcommands; tag them with the plugin's name."""
+def add_plugin_commands(commands, host=None) -> None:
+    """Let every installed plugin (or those of ``host``) add subcommands, tagged with
+    the plugin's name."""
     from pacscore.plugins import PluginHost
 
-    host = PluginHost()
-    # the home (hence which plugins are disabled) is not known yet; an unimportable
-    # plugin is reported by the command itself and by `plugins list`, not here
-    logging.disable(logging.CRITICAL)
-    try:
-        host.load_entry_points()
-    finally:
-        logging.disable(logging.NOTSET)
+    if host is None:
+        host = PluginHost()
+        # the home (hence which plugins are disabled) is not known yet; an unimportable
+        # plugin is reported by the command itself and by `plugins list`, not here
+        logging.disable(logging.CRITICAL)
+        try:
+            host.load_entry_points()
+        finally:
+            logging.disable(logging.NOTSET)
     for impl in host.pm.hook.cli_commands.get_hookimpls():
         before = set(commands.choices)
         try:

@@ -59,6 +59,17 @@ class Outbox:
         payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
         OutboxEvent.insert(hook=hook, payload=payload).execute()
 
+    def enqueue_many(self, hook: str, calls: list[dict[str, Any]]) -> None:
+        """Record several calls of one hook (each a dict of arguments) in one statement."""
+        if not calls or not self.pacs.hooks.has_implementations(hook):
+            return
+        rows = [
+            {"hook": hook, "payload": json.dumps({k: _encode(v) for k, v in call.items()})}
+            for call in calls
+        ]
+        for start in range(0, len(rows), 500):
+            OutboxEvent.insert_many(rows[start : start + 500]).execute()
+
     def wake(self) -> None:
         self._wakeup.set()
 

@@ -136,6 +136,23 @@ class PluginHost:
                 results.append((impl.plugin_name, result))
         return results
 
+    def call_each_reporting(
+        self, hook_name: str, **kwargs: Any
+    ) -> tuple[list[tuple[str, Any]], list[str]]:
+        """Like :meth:`call_each_named`, also naming the plugins that raised.
+
+        For hooks whose contract turns a failure into a safe answer (for
+        instance ``retention_holds``: a failure holds everything).
+        """
+        results, failed = [], []
+        for impl in self._implementations(hook_name):
+            ok, result = self._call_one(impl, hook_name, kwargs)
+            if not ok:
+                failed.append(impl.plugin_name)
+            elif result is not None:
+                results.append((impl.plugin_name, result))
+        return results, failed
+
     def call_each(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call every implementation in isolation; return the non-None results."""
         return [result for _, result in self.call_each_named(hook_name, **kwargs)]
