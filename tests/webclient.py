@@ -24,9 +24,8 @@ def add_user(login: str, profile: str, services: list[str] | None = None, **fiel
             login=login,
             profile=profile,
             password_hash=hash_password(fields.pop("password", PASSWORD)),
-            password_changed=utcnow(),
             services=json.dumps(services or []),
-            **fields,
+            **{"password_changed": utcnow(), **fields},
         )
 
 
