@@ -207,7 +207,8 @@ def test_a_broken_job_handlers_plugin_is_recorded(make_pacs):
             return {"work": lambda pacs, payload: None}
 
     pacs = make_pacs(Handlers(), NotAHandler())
-    assert sorted(pacs.jobs.collect_handlers()) == ["broken", "work"]
+    # send_study is the core's built-in handler
+    assert sorted(pacs.jobs.collect_handlers()) == ["broken", "send_study", "work"]
     assert [(f.plugin, f.hook) for f in pacs.hooks.failures] == [("notahandler", "job_handlers")]
 
 
