@@ -208,3 +208,20 @@ def test_send_to_a_node_is_a_job_whose_outcome_shows_on_the_jobs_page(app, pacs,
     assert "association with DOWN" in page
     bad = console.api("POST", f"/api/v1/studies/{uid}/send", json={"node": "nowhere"})
     assert bad.status_code == 400 and bad.json["errors"] == {"node": ["no such node"]}
+
+
+def test_zip_lists_an_unreadable_file_instead_of_failing(app, pacs, tmp_path):
+    from pydicom.uid import generate_uid
+
+    study_uid = generate_uid()
+    for number in range(2):
+        store_instance(pacs, tmp_path, study_uid=study_uid, instance_number=number + 1)
+    with connection():
+        lost, kept = list(Instance.select().order_by(Instance.id))
+        pacs.archive.path_of(lost).unlink()
+    response = admin(app).get(f"/studies/{study_uid}/download")
+    archive = zipfile.ZipFile(io.BytesIO(response.data))
+    assert sorted(n.split("/")[-1] for n in archive.namelist()) == sorted(
+        ["ERRORS.txt", f"{kept.sop_uid}.dcm"]
+    )
+    assert lost.sop_uid in archive.read("ERRORS.txt").decode()

@@ -149,12 +149,12 @@ def instances(uid: str, series_uid: str):
 
 
 def _zip(found, series=None) -> Response:
-    rows = list(studyops.instances_of(found, series))
+    entries = studyops.zip_entries(get_pacs(), found, series)
     record("export", target=found.study_uid, series=series.series_uid if series else "",
-           instances=len(rows), via="api")  # fmt: skip
+           instances=len(entries), via="api")  # fmt: skip
     name = studyops.zip_name(found, series)
     return Response(
-        studyops.zip_stream(get_pacs(), rows),
+        studyops.zip_stream(entries),
         mimetype="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -204,8 +204,8 @@ def send_study(uid: str):
     found = studyops.study_or_404(current_user(), check_uid(uid))
     values = load_json(SendSchema())
     node = Node.get_or_none(Node.name == values["node"])
-    if node is None:
-        raise InvalidInput({"node": ["no such node"]})
+    if node is None or not node.enabled:
+        raise InvalidInput({"node": ["no such node" if node is None else "the node is disabled"]})
     job_id = studyops.enqueue_send(get_pacs(), found, node, current_user().login)
     record("send_request", target=found.study_uid, node=node.name, job_id=job_id, via="api")
     return _dump(JobRefSchema, {"job_id": job_id, "state": "pending"}, status=202)

@@ -140,6 +140,7 @@ def usable(user: User | None) -> bool:
 def start_session(user: User, must_change_password: bool) -> None:
     """Open a server-side session for ``user`` (a fresh cookie: no fixation)."""
     session.clear()
+    _forget_ended_sessions()
     key = secrets.token_urlsafe(32)
     WebSession.create(
         key_hash=digest(key),
@@ -149,6 +150,16 @@ def start_session(user: User, must_change_password: bool) -> None:
     )
     session["sid"] = key
     session["csrf"] = secrets.token_urlsafe(32)
+
+
+def _forget_ended_sessions() -> None:
+    """Delete the rows of sessions that ended without a logout (cheap, at each login)."""
+    core = current_app.extensions["pacs"].settings.core
+    now = utcnow()
+    WebSession.delete().where(
+        (WebSession.created < now - timedelta(minutes=core["session_minutes"]))
+        | (WebSession.last_seen < now - timedelta(minutes=core["inactivity_minutes"]))
+    ).execute()
 
 
 def end_session() -> None:

@@ -59,16 +59,16 @@ def view(uid: str):
 
 
 def _zip_response(study, series=None) -> Response:
-    instances = list(studyops.instances_of(study, series))
+    entries = studyops.zip_entries(get_pacs(), study, series)
     record(
         "export",
         target=study.study_uid,
         series=series.series_uid if series else "",
-        instances=len(instances),
+        instances=len(entries),
     )
     name = studyops.zip_name(study, series)
     return Response(
-        studyops.zip_stream(get_pacs(), instances),
+        studyops.zip_stream(entries),
         mimetype="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -112,7 +112,7 @@ def delete(uid: str):
 def send(uid: str):
     study = studyops.study_or_404(current_user(), check_uid(uid))
     node = Node.get_or_none(Node.name == request.form.get("node", ""))
-    if node is None:
+    if node is None or not node.enabled:
         flash("Choose a node to send to.", "error")
         return redirect(url_for("studies.view", uid=uid))
     job_id = studyops.enqueue_send(get_pacs(), study, node, current_user().login)

@@ -150,24 +150,37 @@ class _Pipe:
         return data
 
 
-def zip_stream(pacs, instances: list[Instance]) -> Iterator[bytes]:
-    """A ZIP of the instances' files, produced a chunk at a time (never whole in memory).
+def zip_entries(pacs, study: Study, series: Series | None = None) -> list[tuple[str, Path]]:
+    """(member name, file path) of each instance, read from the index now.
 
-    Members are named ``SERIES_UID/SOP_UID.dcm`` after sanitising: UIDs never
-    become paths on their own.  An unreadable file is skipped and listed in
-    ``ERRORS.txt`` at the end of the archive.
+    The ZIP is produced after the request ended and its database connection
+    went back to the pool: the streaming part must not touch the database.
+    Members are ``SERIES_UID/SOP_UID.dcm`` after sanitising: UIDs never
+    become paths on their own.
+    """
+    rows = instances_of(study, series).select(Instance, Series.series_uid).objects().iterator()
+    return [
+        (
+            f"{safe_name(row.series_uid, 'series')}/{safe_name(row.sop_uid, 'i')}.dcm",
+            pacs.archive.path_of(row),
+        )
+        for row in rows
+    ]
+
+
+def zip_stream(entries: list[tuple[str, Path]]) -> Iterator[bytes]:
+    """A ZIP of the files, produced a chunk at a time (never whole in memory).
+
+    An unreadable file is skipped and listed in ``ERRORS.txt`` at the end.
     """
     pipe = _Pipe()
     errors = []
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for instance in instances:
-            series_uid = Series.get_by_id(instance.series_id).series_uid
-            name = f"{safe_name(series_uid, 'series')}/{safe_name(instance.sop_uid, 'i')}.dcm"
-            path: Path = pacs.archive.path_of(instance)
+        for name, path in entries:
             try:
                 source = path.open("rb")
             except OSError as exc:
-                errors.append(f"{instance.sop_uid}: {exc.strerror}")
+                errors.append(f"{name}: {exc.strerror}")
                 continue
             with source, archive.open(name, "w", force_zip64=True) as member:
                 while chunk := source.read(ZIP_CHUNK):
