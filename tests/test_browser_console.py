@@ -18,6 +18,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.by import By
 
 from tests.conftest import PacsProcess
 from tests.dicomgen import make_instance
@@ -26,9 +29,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 EXAMPLE_PLUGIN = Path(__file__).parent.parent / "docs" / "example-plugin"
 ADMIN_PASSWORD = "browser-admin-pass"
-
-webdriver = pytest.importorskip("selenium.webdriver")
-By = pytest.importorskip("selenium.webdriver.common.by").By
 
 
 def install_example_plugin(target: Path, work: Path) -> None:
@@ -84,9 +84,13 @@ def shoot(driver, name: str) -> None:
 
 
 def wait_for(condition, timeout: float = 30, what: str = "condition"):
+    """Poll ``condition``; an element replaced by a page load mid-check counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = condition()
+        try:
+            result = condition()
+        except (StaleElementReferenceException, NoSuchElementException):
+            result = None
         if result:
             return result
         time.sleep(0.1)
@@ -114,7 +118,7 @@ def test_operator_flow_in_chromium(served, browser, tmp_path):
     driver.find_element(By.ID, "password").send_keys(ADMIN_PASSWORD)
     driver.find_element(By.ID, "submit").click()
     wait_for(lambda: driver.find_elements(By.ID, "studies"), what="the study list")
-    assert "2 studies" in driver.find_element(By.ID, "total").text
+    wait_for(lambda: "2 studies" in driver.find_element(By.ID, "total").text, what="2 studies")
     shoot(driver, "studies")
 
     # search with a wildcard, then open the study
@@ -122,7 +126,7 @@ def test_operator_flow_in_chromium(served, browser, tmp_path):
     driver.find_element(By.ID, "search").click()
     wait_for(lambda: "1 study" in driver.find_element(By.ID, "total").text, what="search")
     driver.find_element(By.LINK_TEXT, "MARTIN^ALICE").click()
-    study_uid = wait_for(lambda: driver.find_elements(By.ID, "study-uid"))[0].text
+    study_uid = wait_for(lambda: driver.find_element(By.ID, "study-uid").text, what="study")
     assert "NORTH" in driver.page_source
     shoot(driver, "study")
 
@@ -143,7 +147,7 @@ def test_operator_flow_in_chromium(served, browser, tmp_path):
     shoot(driver, "delete-confirmation")
     driver.find_element(By.ID, "confirm").click()
     wait_for(lambda: "Study deleted" in flash_text(driver), what="the deletion message")
-    assert "1 study" in driver.find_element(By.ID, "total").text
+    wait_for(lambda: "1 study" in driver.find_element(By.ID, "total").text, what="1 study left")
 
     # enable the example plugin and configure it: it handles the next store at once
     driver.get(base + "/plugins/")

@@ -111,6 +111,12 @@ def refused(response, api: bool) -> bool:
 
 
 @pytest.fixture
+def db_url():
+    """SQLite only: rights are decided before any query (the other web tests run on both)."""
+    return "sqlite:///index.db"
+
+
+@pytest.fixture
 def app(make_pacs):
     pacs = make_pacs(PagesPlugin())
     return web_app(pacs)
