@@ -258,3 +258,23 @@ def test_api_user_management(console):
         json={"login": "z", "profile": "nope", "password": "a long password"},
     )
     assert unknown.json["errors"] == {"profile": ["unknown profile"]}
+
+
+def test_an_administrator_cannot_lock_themselves_out(console):
+    with connection():
+        me = User.get(User.login == "root")
+        admin_profile = Profile.get(Profile.name == "system administrator")
+    response = console.api("PATCH", f"/api/v1/users/{me.id}", json={"profile": "referring"})
+    assert response.status_code == 400 and "manage users" in response.json["errors"]["profile"][0]
+    response = console.api("PATCH", f"/api/v1/users/{me.id}", json={"status": "disabled"})
+    assert response.status_code == 400
+    response = console.api(
+        "PATCH", f"/api/v1/profiles/{admin_profile.id}", json={"rights": ["view_studies"]}
+    )
+    assert response.status_code == 400
+    page = console.get(console.post("/users/profiles", {}).location).text
+    assert "must keep manage_users" in page
+    with connection():
+        assert "manage_users" in json.loads(Profile.get_by_id(admin_profile.id).rights)
+        assert User.get_by_id(me.id).profile == "system administrator"
+    assert console.get("/users/").status_code == 200

@@ -456,7 +456,7 @@ def create_profile():
 def update_profile(profile_id: int):
     import json
 
-    from pacscore.web.users import profile_or_404
+    from pacscore.web.users import check_own_profile_keeps_user_management, profile_or_404
 
     profile = profile_or_404(profile_id)
     given = json_body()
@@ -464,6 +464,10 @@ def update_profile(profile_id: int):
     if "name" in given and values["name"] != profile.name:
         raise InvalidInput({"name": ["a profile cannot be renamed"]})
     if "rights" in given:
+        try:
+            check_own_profile_keeps_user_management(profile, values["rights"])
+        except ValidationError as exc:
+            raise _errors(exc) from None
         profile.rights = json.dumps(values["rights"])
         profile.save()
         record("profile_rights", target=profile.name, rights=values["rights"], via="api")

@@ -9,7 +9,7 @@ from marshmallow import ValidationError
 from peewee import IntegrityError
 
 from pacscore.models import Profile, User, WebSession, db
-from pacscore.rights import RIGHTS
+from pacscore.rights import RIGHTS, profile_rights
 from pacscore.users import set_password, unlock
 from pacscore.web.common import get_pacs, record
 from pacscore.web.forms import display_values, form_fields, parse_form, schema_defaults
@@ -42,6 +42,8 @@ def save_user(user: User | None, values: dict) -> User:
     """Create or update an account from validated values (password optional on update)."""
     if values.get("profile") and values["profile"] not in profile_names():
         raise ValidationError({"profile": ["unknown profile"]})
+    if user is not None and user.id == current_user().id:
+        _keep_own_access(values)
     password = values.pop("password", None)
     if user is None and not password:
         raise ValidationError({"password": ["a new account needs a password"]})
@@ -62,6 +64,19 @@ def save_user(user: User | None, values: dict) -> User:
     if target.status != "active":
         WebSession.delete().where(WebSession.user == target).execute()
     return target
+
+
+def _keep_own_access(values: dict) -> None:
+    """An administrator cannot lock themselves out of user management."""
+    if values.get("status", "active") != "active":
+        raise ValidationError({"status": ["you cannot lock or disable your own account"]})
+    if "profile" in values and "manage_users" not in profile_rights(values["profile"]):
+        raise ValidationError({"profile": ["this profile would remove your right to manage users"]})
+
+
+def check_own_profile_keeps_user_management(profile: Profile, rights: list[str]) -> None:
+    if profile.name == current_user().profile and "manage_users" not in rights:
+        raise ValidationError({"rights": ["your own profile must keep manage_users"]})
 
 
 def delete_profile(profile: Profile, replacement: str | None) -> int:
@@ -167,9 +182,16 @@ def profiles():
     rows = list(Profile.select().order_by(Profile.id))
     rights = _all_rights(rows)
     if request.method == "POST":
+        grants = {p.id: [r for r in rights if request.form.get(f"{p.id}:{r}")] for p in rows}
+        try:
+            for profile in rows:
+                check_own_profile_keeps_user_management(profile, grants[profile.id])
+        except ValidationError as exc:
+            flash(" ".join(exc.normalized_messages()["rights"]), "error")
+            return redirect(url_for("users.profiles"))
         with db.atomic():
             for profile in rows:
-                granted = [r for r in rights if request.form.get(f"{profile.id}:{r}")]
+                granted = grants[profile.id]
                 if json.loads(profile.rights) != granted:
                     profile.rights = json.dumps(granted)
                     profile.save()
