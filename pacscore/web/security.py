@@ -290,6 +290,8 @@ def check_request():
     endpoint = request.endpoint
     if endpoint is None:
         return None  # no route: the 404/405 handlers answer
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return None  # style sheets: no session lookup
     right = endpoint_right(current_app, endpoint)
     api = is_api_request()
     if api:

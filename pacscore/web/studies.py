@@ -7,7 +7,7 @@ import math
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from marshmallow import ValidationError
 
-from pacscore.models import Node
+from pacscore.models import Node, Series
 from pacscore.web import studyops
 from pacscore.web.common import check_uid, get_pacs, record
 from pacscore.web.schemas import StudySearchSchema
@@ -15,7 +15,15 @@ from pacscore.web.security import current_user, require_right
 
 bp = Blueprint("studies", __name__, url_prefix="/studies")
 
-MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SC", "US", "XA")
+COMMON_MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SC", "US", "XA")
+
+
+def modality_choices() -> list[str]:
+    """The common modalities and any other the archive holds."""
+    stored = {s.modality for s in Series.select(Series.modality).distinct() if s.modality}
+    return sorted(set(COMMON_MODALITIES) | stored)
+
+
 SEARCH_SCHEMA = StudySearchSchema()
 
 
@@ -45,7 +53,7 @@ def search():
         pages=pages,
         filters=filters,
         errors=errors,
-        modalities=MODALITIES,
+        modalities=modality_choices(),
         args=args,
     )
 
