@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By
 
 from tests.conftest import PacsProcess
@@ -89,7 +93,7 @@ def wait_for(condition, timeout: float = 30, what: str = "condition"):
     while time.monotonic() < deadline:
         try:
             result = condition()
-        except (StaleElementReferenceException, NoSuchElementException):
+        except (StaleElementReferenceException, NoSuchElementException, NoAlertPresentException):
             result = None
         if result:
             return result
@@ -167,6 +171,21 @@ def test_operator_flow_in_chromium(served, browser, tmp_path):
     late = make_instance(tmp_path / "late", patient_id="B3")
     assert served.storescu(late).returncode == 0
     wait_for(lambda: log_file.exists() and late.stem in log_file.read_text(), what="hello")
+
+    # a node, created with the generated form, deleted after the browser's confirmation
+    driver.get(base + "/nodes/new")
+    for field, value in (("name", "ws1"), ("aet", "WS1"), ("host", "127.0.0.1"), ("port", "104")):
+        driver.find_element(By.ID, f"f-{field}").send_keys(value)
+    driver.find_element(By.ID, "save").click()
+    wait_for(lambda: "Node ws1 saved" in flash_text(driver), what="the node")
+    driver.find_element(By.CSS_SELECTOR, "form[data-confirm] button.danger").click()
+    alert = wait_for(lambda: driver.switch_to.alert, what="the confirmation")
+    assert alert.text == "Delete node ws1?"
+    alert.dismiss()
+    assert "ws1" in driver.find_element(By.ID, "nodes").text
+    driver.find_element(By.CSS_SELECTOR, "form[data-confirm] button.danger").click()
+    wait_for(lambda: driver.switch_to.alert, what="the confirmation").accept()
+    wait_for(lambda: "Node ws1 deleted" in flash_text(driver), what="the node deletion")
 
     for page, name in (("/nodes/", "nodes"), ("/users/profiles", "profiles"),
                        ("/jobs/", "jobs"), ("/settings/", "settings"), ("/audit/", "audit"),

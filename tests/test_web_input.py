@@ -105,3 +105,11 @@ def test_errors_never_show_a_stack_trace(console):
     assert console.get("/api/v1/nothing-here").json["error"] == "not found"
     assert console.client.put("/api/v1/health").status_code == 405
     assert "Error 404" in console.get("/studies/1.2.3.4").text
+
+
+def test_pages_forbid_inline_scripts_and_framing(console):
+    response = console.get("/nodes/")
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "onsubmit=" not in response.text and "javascript:" not in response.text
