@@ -9,6 +9,7 @@ errors.  Each view carries its OpenAPI description (``@doc``), from which
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,14 @@ from marshmallow import Schema, ValidationError
 from pacscore.config import CORE_SETTINGS
 from pacscore.models import Node, Profile, Storage, User
 from pacscore.users import unlock
+from pacscore.web import audit as audit_pages
+from pacscore.web import jobs as job_pages
+from pacscore.web import nodes as node_pages
+from pacscore.web import plugins as plugin_pages
+from pacscore.web import settings as settings_pages
+from pacscore.web import storages as storage_pages
 from pacscore.web import studyops
+from pacscore.web import users as user_pages
 from pacscore.web.common import (
     InvalidInput,
     check_uid,
@@ -27,8 +35,10 @@ from pacscore.web.common import (
     load,
     load_args,
     load_json,
+    page_args,
     record,
 )
+from pacscore.web.openapi import openapi_document
 from pacscore.web.schemas import (
     AuditEventSchema,
     AuditQuerySchema,
@@ -105,8 +115,6 @@ def health():
 @public
 @doc("This OpenAPI 3 document")
 def openapi():
-    from pacscore.web.openapi import openapi_document
-
     return jsonify(openapi_document())
 
 
@@ -215,9 +223,7 @@ def send_study(uid: str):
 
 
 def _node(node_id: int) -> Node:
-    from pacscore.web.nodes import node_or_404
-
-    return node_or_404(node_id)
+    return node_pages.node_or_404(node_id)
 
 
 @bp.get("/nodes")
@@ -231,11 +237,9 @@ def nodes():
 @require_right("manage_nodes")
 @doc("Declare a node", body=NodeSchema, response=NodeSchema, status=201)
 def create_node():
-    from pacscore.web.nodes import save_node
-
     node = Node()
     try:
-        save_node(node, load_json(NodeSchema()))
+        node_pages.save_node(node, load_json(NodeSchema()))
     except ValidationError as exc:
         raise _errors(exc) from None
     record("node_save", target=node.name, created=True, via="api")
@@ -253,13 +257,11 @@ def node(node_id: int):
 @require_right("manage_nodes")
 @doc("Change a node (only the given fields)", body=NodeSchema, response=NodeSchema)
 def update_node(node_id: int):
-    from pacscore.web.nodes import save_node
-
     target = _node(node_id)
     given = json_body()
     values = load(NodeSchema(), given, partial=True)
     try:
-        save_node(target, {k: v for k, v in values.items() if k in given})
+        node_pages.save_node(target, {k: v for k, v in values.items() if k in given})
     except ValidationError as exc:
         raise _errors(exc) from None
     record("node_save", target=target.name, created=False, via="api")
@@ -281,19 +283,15 @@ def delete_node(node_id: int):
 @require_right("manage_nodes")
 @doc("C-ECHO a node", response=EchoResultSchema)
 def echo_node(node_id: int):
-    from pacscore.web.nodes import echo_node as run_echo
-
-    return _dump(EchoResultSchema, run_echo(_node(node_id)))
+    return _dump(EchoResultSchema, node_pages.echo_node(_node(node_id)))
 
 
 # -- storages -----------------------------------------------------------------------------------
 
 
 def _storage_out(storage: Storage) -> dict:
-    from pacscore.web.storages import free_mb
-
     data = StorageSchema().dump(storage)
-    data["free_mb"] = free_mb(storage)
+    data["free_mb"] = storage_pages.free_mb(storage)
     return data
 
 
@@ -309,10 +307,8 @@ def storages():
 @require_right("manage_storages")
 @doc("Add a storage folder", body=StorageSchema, response=StorageSchema, status=201)
 def create_storage():
-    from pacscore.web.storages import save_storage
-
     try:
-        storage = save_storage(None, load_json(StorageSchema()))
+        storage = storage_pages.save_storage(None, load_json(StorageSchema()))
     except ValidationError as exc:
         raise _errors(exc) from None
     record("storage_save", target=storage.name, created=True, via="api")
@@ -324,13 +320,11 @@ def create_storage():
 @doc("Change a storage folder (name, enabled, limit)", body=StorageSchema,
      response=StorageSchema)  # fmt: skip
 def update_storage(storage_id: int):
-    from pacscore.web.storages import save_storage, storage_or_404
-
-    storage = storage_or_404(storage_id)
+    storage = storage_pages.storage_or_404(storage_id)
     given = json_body()
     values = load(StorageSchema(), given, partial=True)
     try:
-        save_storage(storage, {k: v for k, v in values.items() if k in given})
+        storage_pages.save_storage(storage, {k: v for k, v in values.items() if k in given})
     except ValidationError as exc:
         raise _errors(exc) from None
     record("storage_save", target=storage.name, created=False, via="api")
@@ -341,12 +335,9 @@ def update_storage(storage_id: int):
 @require_right("manage_storages")
 @doc("Delete an empty storage folder")
 def delete_storage(storage_id: int):
-    from pacscore.web.storages import delete_storage as remove
-    from pacscore.web.storages import storage_or_404
-
-    storage = storage_or_404(storage_id)
+    storage = storage_pages.storage_or_404(storage_id)
     try:
-        remove(storage)
+        storage_pages.delete_storage(storage)
     except ValidationError as exc:
         abort(409, " ".join(exc.normalized_messages()["_schema"]))
     record("storage_delete", target=storage.name, via="api")
@@ -367,10 +358,8 @@ def users():
 @require_right("manage_users")
 @doc("Create an account", body=UserSchema, response=UserSchema, status=201)
 def create_user():
-    from pacscore.web.users import save_user
-
     try:
-        user = save_user(None, load_json(UserSchema()))
+        user = user_pages.save_user(None, load_json(UserSchema()))
     except ValidationError as exc:
         raise _errors(exc) from None
     record("user_save", target=user.login, created=True, via="api")
@@ -381,22 +370,18 @@ def create_user():
 @require_right("manage_users")
 @doc("One account", response=UserSchema)
 def user(user_id: int):
-    from pacscore.web.users import user_or_404
-
-    return _dump(UserSchema, user_or_404(user_id))
+    return _dump(UserSchema, user_pages.user_or_404(user_id))
 
 
 @bp.patch("/users/<int:user_id>")
 @require_right("manage_users")
 @doc("Change an account (only the given fields)", body=UserSchema, response=UserSchema)
 def update_user(user_id: int):
-    from pacscore.web.users import save_user, user_or_404
-
-    target = user_or_404(user_id)
+    target = user_pages.user_or_404(user_id)
     given = json_body()
     values = load(UserSchema(), given, partial=True)
     try:
-        save_user(target, {k: v for k, v in values.items() if k in given})
+        user_pages.save_user(target, {k: v for k, v in values.items() if k in given})
     except ValidationError as exc:
         raise _errors(exc) from None
     record("user_save", target=target.login, created=False, via="api")
@@ -407,9 +392,7 @@ def update_user(user_id: int):
 @require_right("manage_users")
 @doc("Delete an account")
 def delete_user(user_id: int):
-    from pacscore.web.users import user_or_404
-
-    target = user_or_404(user_id)
+    target = user_pages.user_or_404(user_id)
     if target.id == current_user().id:
         abort(409, "you cannot delete your own account")
     target.delete_instance()
@@ -421,9 +404,7 @@ def delete_user(user_id: int):
 @require_right("manage_users")
 @doc("Unlock an account", response=UserSchema)
 def unlock_user(user_id: int):
-    from pacscore.web.users import user_or_404
-
-    target = user_or_404(user_id)
+    target = user_pages.user_or_404(user_id)
     unlock(target)
     record("user_unlock", target=target.login, via="api")
     return _dump(UserSchema, target)
@@ -440,8 +421,6 @@ def profiles():
 @require_right("manage_users")
 @doc("Create a profile", body=ProfileSchema, response=ProfileSchema, status=201)
 def create_profile():
-    import json
-
     values = load_json(ProfileSchema())
     if Profile.select().where(Profile.name == values["name"]).exists():
         raise InvalidInput({"name": ["a profile with this name exists"]})
@@ -454,18 +433,14 @@ def create_profile():
 @require_right("manage_users")
 @doc("Change the rights of a profile", body=ProfileSchema, response=ProfileSchema)
 def update_profile(profile_id: int):
-    import json
-
-    from pacscore.web.users import check_own_profile_keeps_user_management, profile_or_404
-
-    profile = profile_or_404(profile_id)
+    profile = user_pages.profile_or_404(profile_id)
     given = json_body()
     values = load(ProfileSchema(), given, partial=True)
     if "name" in given and values["name"] != profile.name:
         raise InvalidInput({"name": ["a profile cannot be renamed"]})
     if "rights" in given:
         try:
-            check_own_profile_keeps_user_management(profile, values["rights"])
+            user_pages.check_own_profile_keeps_user_management(profile, values["rights"])
         except ValidationError as exc:
             raise _errors(exc) from None
         profile.rights = json.dumps(values["rights"])
@@ -478,13 +453,10 @@ def update_profile(profile_id: int):
 @require_right("manage_users")
 @doc("Delete a profile (?replacement=NAME when users have it)", query=ProfileDeleteSchema)
 def delete_profile(profile_id: int):
-    from pacscore.web.users import delete_profile as remove
-    from pacscore.web.users import profile_or_404
-
-    profile = profile_or_404(profile_id)
+    profile = user_pages.profile_or_404(profile_id)
     replacement = load_args(ProfileDeleteSchema())["replacement"]
     try:
-        moved = remove(profile, replacement)
+        moved = user_pages.delete_profile(profile, replacement)
     except ValidationError as exc:
         raise _errors(exc) from None
     record("profile_delete", target=profile.name, users_moved=moved, via="api")
@@ -498,31 +470,27 @@ def delete_profile(profile_id: int):
 @require_right("manage_plugins")
 @doc("Installed plugins and their state", response=PluginSchema, many=True)
 def plugins():
-    from pacscore.web.plugins import describe
-
-    return _dump(PluginSchema, [describe(i) for i in get_pacs().hooks.list()], many=True)
+    return _dump(
+        PluginSchema, [plugin_pages.describe(i) for i in get_pacs().hooks.list()], many=True
+    )
 
 
 @bp.patch("/plugins/<name>")
 @require_right("manage_plugins")
 @doc("Enable or disable a plugin", body=PluginChangeSchema, response=PluginSchema)
 def update_plugin(name: str):
-    from pacscore.web.plugins import describe, plugin_or_404, set_enabled
-
-    info = plugin_or_404(name)
+    info = plugin_pages.plugin_or_404(name)
     values = load_json(PluginChangeSchema())
     try:
-        set_enabled(info, values["enabled"])
+        plugin_pages.set_enabled(info, values["enabled"])
     except ValidationError as exc:
         raise _errors(exc) from None
     record("plugin_enable" if values["enabled"] else "plugin_disable", target=name, via="api")
-    return _dump(PluginSchema, describe(info))
+    return _dump(PluginSchema, plugin_pages.describe(info))
 
 
 def _plugin_schema(name: str) -> Schema:
-    from pacscore.web.plugins import plugin_or_404
-
-    plugin_or_404(name)
+    plugin_pages.plugin_or_404(name)
     schema = get_pacs().hooks.settings_schema(name)
     if schema is None:
         abort(404, "this plugin is not loaded or has no settings")
@@ -564,13 +532,11 @@ def settings():
 @require_right("configure")
 @doc("Change core settings (only the given keys)")
 def update_settings():
-    from pacscore.web.settings import update_settings as apply
-
     changes = json_body()
     if not isinstance(changes, dict):
         raise InvalidInput({"_body": ["a JSON object is expected"]})
     try:
-        return jsonify(apply(changes))
+        return jsonify(settings_pages.update_settings(changes))
     except ValidationError as exc:
         raise _errors(exc) from None
 
@@ -582,10 +548,8 @@ def update_settings():
 @require_right("view_audit")
 @doc("Audit events, newest first", query=AuditQuerySchema, response=AuditEventSchema, many=True)
 def audit():
-    from pacscore.web.audit import audit_query
-
     filters = load_args(AuditQuerySchema())
-    rows = audit_query(filters).paginate(filters["page"], filters["page_size"])
+    rows = audit_pages.audit_query(filters).paginate(filters["page"], filters["page_size"])
     return _dump(AuditEventSchema, list(rows), many=True)
 
 
@@ -594,12 +558,9 @@ def audit():
 @doc("Background jobs, newest first (?state=pending|running|done|failed)",
      response=JobSchema, many=True)  # fmt: skip
 def jobs():
-    from pacscore.web.common import page_args
-    from pacscore.web.jobs import jobs_query
-
     page, size = page_args(100, 1000)
-    return _dump(JobSchema, list(jobs_query(request.args.get("state")).paginate(page, size)),
-                 many=True)  # fmt: skip
+    rows = job_pages.jobs_query(request.args.get("state")).paginate(page, size)
+    return _dump(JobSchema, list(rows), many=True)
 
 
 @bp.post("/jobs/<int:job_id>/retry")
