@@ -418,6 +418,60 @@ def run_plugin_command(args) -> int:
         return args.func(args, pacs) or 0
 
 
+# -- users -------------------------------------------------------------------------------
+
+
+def cmd_user_add(args) -> int:
+    from pacscore.models import Profile, User, db
+    from pacscore.users import set_password
+
+    pacs = _open(args, load_plugins=False)
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("no password on stdin (echo 'PASSWORD' | pacscore user add ...)")
+    with connection():
+        if not Profile.select().where(Profile.name == args.profile).exists():
+            names = ", ".join(p.name for p in Profile.select().order_by(Profile.name))
+            raise CommandError(f"no profile named {args.profile!r}; profiles: {names}")
+        if User.select().where(User.login == args.login).exists():
+            raise CommandError(f"a user named {args.login!r} already exists")
+        with db.atomic():
+            user = User.create(
+                login=args.login,
+                profile=args.profile,
+                email=args.email or "",
+                services=json.dumps(args.service or []),
+            )
+            set_password(pacs, user, password)
+    print(f"user {args.login} added with profile {args.profile}")
+    return 0
+
+
+def cmd_user_unlock(args) -> int:
+    from pacscore.models import User
+    from pacscore.users import unlock
+
+    _open(args, load_plugins=False)
+    with connection():
+        user = User.get_or_none(User.login == args.login)
+        if user is None:
+            raise CommandError(f"no user named {args.login!r}")
+        unlock(user)
+    print(f"user {args.login} unlocked")
+    return 0
+
+
+def cmd_user_list(args) -> int:
+    from pacscore.models import User
+
+    _open(args, load_plugins=False)
+    with connection():
+        for user in User.select().order_by(User.login):
+            services = ",".join(json.loads(user.services or "[]")) or "-"
+            print(f"{user.login}\t{user.profile}\t{user.status}\t{user.auth_source}\t{services}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -545,6 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("delete", help="delete a job")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_jobs_delete)
+
+    user = commands.add_parser("user", help="console and API accounts").add_subparsers(
+        dest="user_command", metavar="ACTION", required=True
+    )
+    p = user.add_parser("add", help="add a local account (password read from stdin)")
+    p.add_argument("login")
+    p.add_argument("--profile", required=True, help="profile name, e.g. 'radiologist'")
+    p.add_argument("--email")
+    p.add_argument("--service", action="append", help="restrict to a service (repeatable)")
+    p.set_defaults(func=cmd_user_add)
+    p = user.add_parser("unlock", help="unlock an account locked by failed logins")
+    p.add_argument("login")
+    p.set_defaults(func=cmd_user_unlock)
+    user.add_parser("list", help="list accounts").set_defaults(func=cmd_user_list)
 
     add_plugin_commands(commands)
     return parser

@@ -8,6 +8,7 @@ validated by :class:`CoreSettingsSchema`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -71,6 +72,13 @@ class Config:
         tmp.replace(self.path)
 
 
+def _valid_network(text: str) -> None:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as exc:
+        raise ValidationError(f"not an address or network: {text!r}") from exc
+
+
 class CoreSettingsSchema(Schema):
     """Run-time settings of the core, editable by administrators."""
 
@@ -97,6 +105,11 @@ class CoreSettingsSchema(Schema):
         load_default=0, validate=validate.Range(min=0), metadata={"help": "0: never"}
     )
     reset_link_minutes = fields.Integer(load_default=60, validate=validate.Range(min=1))
+    api_ip_allowlist = fields.List(
+        fields.String(validate=_valid_network),
+        load_default=list,
+        metadata={"help": "addresses or networks (CIDR) allowed to use the API; empty: any"},
+    )
 
 
 CORE_SETTINGS = CoreSettingsSchema()

@@ -250,8 +250,10 @@ def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
     """Contribute console pages or API routes: call ``app.register_blueprint``.
 
     Called once per application factory call, in the thread creating the web
-    application.  Every route must declare the right it needs.  An exception
-    is recorded and the console starts without the plugin's pages.
+    application.  Every route must declare the right it needs with
+    ``pacscore.web.security.require_right(name)`` (or ``public`` /
+    ``authenticated``): an undeclared route is refused to everyone.  An
+    exception is recorded and the console starts without the plugin's pages.
     """
 
 

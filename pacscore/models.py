@@ -225,6 +225,31 @@ class Job(BaseModel):
         indexes = ((("state", "next_attempt"), False),)
 
 
+class ApiToken(BaseModel):
+    """A per-user REST API token; only a SHA-256 digest of the secret is kept."""
+
+    user = ForeignKeyField(User, backref="api_tokens", on_delete="CASCADE")
+    name = CharField(max_length=128, default="")
+    token_hash = CharField(max_length=64, unique=True)
+    created = DateTimeField(default=utcnow)
+    last_used = DateTimeField(null=True)
+
+
+class WebSession(BaseModel):
+    """A console login, checked server-side on every request (duration, inactivity).
+
+    The browser holds the session key in a signed cookie; only its digest is
+    stored, and logging out deletes the row.
+    """
+
+    key_hash = CharField(max_length=64, unique=True)
+    user = ForeignKeyField(User, backref="web_sessions", on_delete="CASCADE")
+    created = DateTimeField(default=utcnow)
+    last_seen = DateTimeField(default=utcnow)
+    source_ip = CharField(max_length=64, default="")
+    must_change_password = BooleanField(default=False)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -290,6 +315,8 @@ ALL_MODELS = [
     OutboxEvent,
     TrashedFile,
     Job,
+    ApiToken,
+    WebSession,
     SchemaVersion,
     AppliedMigration,
     MailAlertSent,

@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "pacscore.builtin.store_policies",
     "pacscore.builtin.disk_monitor",
     "pacscore.builtin.mail",
+    "pacscore.builtin.send",
 )
 
 
@@ -197,6 +198,29 @@ class PluginHost:
         except Exception as exc:  # noqa: BLE001
             self.record_failure(plugin_name, "settings_schema", exc)
             return None
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Register or unregister an installed plugin now (the console's switch).
+
+        Its hooks take effect at once; what is collected at start-up (pages,
+        job workers, periodic tasks) changes at the next restart.  Persisting
+        the choice (``PluginState.enabled``) is the caller's job.
+        """
+        info = self.infos.get(name)
+        if info is None or info.builtin:
+            raise KeyError(f"no installed plugin named {name!r}")
+        info.enabled = enabled
+        registered = self.pm.get_plugin(name) is not None
+        if not enabled and registered:
+            self.pm.unregister(name=name)
+        elif enabled and not registered:
+            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+                try:
+                    self.pm.register(ep.load(), name=name)
+                    info.error = None
+                except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
+                    info.error = f"{type(exc).__name__}: {exc}"
+                    self.record_failure(name, "load", exc)
 
     def list(self) -> list[PluginInfo]:
         return sorted(self.infos.values(), key=lambda i: (not i.builtin, i.name))

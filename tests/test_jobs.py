@@ -207,8 +207,8 @@ def test_a_broken_job_handlers_plugin_is_recorded(make_pacs):
             return {"work": lambda pacs, payload: None}
 
     pacs = make_pacs(Handlers(), NotAHandler())
-    # "mail" is the core's built-in kind
-    assert sorted(pacs.jobs.collect_handlers()) == ["broken", "mail", "work"]
+    # "mail" and "send_study" are the core's built-in kinds
+    assert sorted(pacs.jobs.collect_handlers()) == ["broken", "mail", "send_study", "work"]
     assert [(f.plugin, f.hook) for f in pacs.hooks.failures] == [("notahandler", "job_handlers")]
 
 

@@ -1,0 +1,584 @@
+"""The REST API (``/api/v1``): the console's operations as JSON.
+
+Same rights and service filters as the console (the checks live in
+:mod:`pacscore.web.security` and :mod:`pacscore.web.studyops`).  Every input
+goes through a marshmallow schema; invalid input answers 400 with the field
+errors.  Each view carries its OpenAPI description (``@doc``), from which
+:mod:`pacscore.web.openapi` builds ``/api/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, request
+from marshmallow import Schema, ValidationError
+
+from pacscore.config import CORE_SETTINGS
+from pacscore.models import Node, Profile, Storage, User
+from pacscore.users import unlock
+from pacscore.web import audit as audit_pages
+from pacscore.web import jobs as job_pages
+from pacscore.web import nodes as node_pages
+from pacscore.web import plugins as plugin_pages
+from pacscore.web import settings as settings_pages
+from pacscore.web import storages as storage_pages
+from pacscore.web import studyops
+from pacscore.web import users as user_pages
+from pacscore.web.common import (
+    InvalidInput,
+    check_uid,
+    get_pacs,
+    json_body,
+    load,
+    load_args,
+    load_json,
+    page_args,
+    record,
+)
+from pacscore.web.openapi import openapi_document
+from pacscore.web.schemas import (
+    AuditEventSchema,
+    AuditQuerySchema,
+    DeletedSchema,
+    EchoResultSchema,
+    InstanceSchema,
+    JobRefSchema,
+    JobSchema,
+    NodeSchema,
+    PluginChangeSchema,
+    PluginSchema,
+    ProfileDeleteSchema,
+    ProfileSchema,
+    SendSchema,
+    SeriesSchema,
+    StorageSchema,
+    StudyDetailSchema,
+    StudyPageSchema,
+    StudySchema,
+    StudySearchSchema,
+    UserSchema,
+)
+from pacscore.web.security import current_user, public, require_right
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def doc(
+    summary: str,
+    *,
+    body: type[Schema] | None = None,
+    query: type[Schema] | None = None,
+    response: type[Schema] | None = None,
+    many: bool = False,
+    status: int = 200,
+    content: str = "application/json",
+) -> Callable:
+    """Describe a view for the OpenAPI document (it changes nothing at run time)."""
+
+    def mark(view: Callable) -> Callable:
+        view.api_doc = {
+            "summary": summary,
+            "body": body,
+            "query": query,
+            "response": response,
+            "many": many,
+            "status": status,
+            "content": content,
+        }
+        return view
+
+    return mark
+
+
+def _dump(schema: type[Schema], obj: Any, many: bool = False, status: int = 200):
+    return jsonify(schema(many=many).dump(obj)), status
+
+
+def _errors(exc: ValidationError) -> InvalidInput:
+    return InvalidInput(exc.normalized_messages())
+
+
+# -- service -------------------------------------------------------------------------
+
+
+@bp.get("/health")
+@public
+@doc("Liveness check")
+def health():
+    return jsonify(status="ok", aet=get_pacs().config.aet)
+
+
+@bp.get("/openapi.json")
+@public
+@doc("This OpenAPI 3 document")
+def openapi():
+    return jsonify(openapi_document())
+
+
+# -- studies ------------------------------------------------------------------------------
+
+
+@bp.get("/studies")
+@require_right("view_studies")
+@doc("Search studies (DICOM wildcards)", query=StudySearchSchema, response=StudyPageSchema)
+def studies():
+    filters = load_args(StudySearchSchema())
+    query = studyops.search(current_user(), filters)
+    page = list(query.paginate(filters["page"], filters["page_size"]))
+    result = {
+        "total": query.count(),
+        "page": filters["page"],
+        "page_size": filters["page_size"],
+        "studies": page,
+    }
+    return _dump(StudyPageSchema, result)
+
+
+@bp.get("/studies/<uid>")
+@require_right("view_studies")
+@doc("A study with its series", response=StudyDetailSchema)
+def study(uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    data = StudySchema().dump(found)
+    data["series"] = SeriesSchema(many=True).dump(studyops.series_of(found))
+    return jsonify(data)
+
+
+@bp.get("/studies/<uid>/series/<series_uid>/instances")
+@require_right("view_studies")
+@doc("The instances of a series", response=InstanceSchema, many=True)
+def instances(uid: str, series_uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    series = studyops.series_or_404(found, check_uid(series_uid))
+    return _dump(InstanceSchema, list(studyops.instances_of(found, series)), many=True)
+
+
+def _zip(found, series=None) -> Response:
+    entries = studyops.zip_entries(get_pacs(), found, series)
+    record("export", target=found.study_uid, series=series.series_uid if series else "",
+           instances=len(entries), via="api")  # fmt: skip
+    name = studyops.zip_name(found, series)
+    return Response(
+        studyops.zip_stream(entries),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@bp.get("/studies/<uid>/download")
+@require_right("download")
+@doc("The study as a ZIP (streamed)", content="application/zip")
+def download_study(uid: str):
+    return _zip(studyops.study_or_404(current_user(), check_uid(uid)))
+
+
+@bp.get("/studies/<uid>/series/<series_uid>/download")
+@require_right("download")
+@doc("A series as a ZIP (streamed)", content="application/zip")
+def download_series(uid: str, series_uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    return _zip(found, studyops.series_or_404(found, check_uid(series_uid)))
+
+
+@bp.delete("/studies/<uid>")
+@require_right("delete")
+@doc("Delete a study (fires on_delete, audited)", response=DeletedSchema)
+def delete_study(uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    count = studyops.delete_instances(get_pacs(), found, None, current_user().login)
+    record("delete", target=found.study_uid, instances=count, via="api")
+    return _dump(DeletedSchema, {"deleted_instances": count})
+
+
+@bp.delete("/studies/<uid>/series/<series_uid>")
+@require_right("delete")
+@doc("Delete a series", response=DeletedSchema)
+def delete_series(uid: str, series_uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    series = studyops.series_or_404(found, check_uid(series_uid))
+    count = studyops.delete_instances(get_pacs(), found, series, current_user().login)
+    record("delete", target=found.study_uid, series=series.series_uid, instances=count, via="api")
+    return _dump(DeletedSchema, {"deleted_instances": count})
+
+
+@bp.post("/studies/<uid>/send")
+@require_right("send")
+@doc("Send a study to a node (a background job)", body=SendSchema, response=JobRefSchema,
+     status=202)  # fmt: skip
+def send_study(uid: str):
+    found = studyops.study_or_404(current_user(), check_uid(uid))
+    values = load_json(SendSchema())
+    node = Node.get_or_none(Node.name == values["node"])
+    if node is None or not node.enabled:
+        raise InvalidInput({"node": ["no such node" if node is None else "the node is disabled"]})
+    job_id = studyops.enqueue_send(get_pacs(), found, node, current_user().login)
+    record("send_request", target=found.study_uid, node=node.name, job_id=job_id, via="api")
+    return _dump(JobRefSchema, {"job_id": job_id, "state": "pending"}, status=202)
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+def _node(node_id: int) -> Node:
+    return node_pages.node_or_404(node_id)
+
+
+@bp.get("/nodes")
+@require_right("manage_nodes")
+@doc("Declared DICOM nodes", response=NodeSchema, many=True)
+def nodes():
+    return _dump(NodeSchema, list(Node.select().order_by(Node.name)), many=True)
+
+
+@bp.post("/nodes")
+@require_right("manage_nodes")
+@doc("Declare a node", body=NodeSchema, response=NodeSchema, status=201)
+def create_node():
+    node = Node()
+    try:
+        node_pages.save_node(node, load_json(NodeSchema()))
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("node_save", target=node.name, created=True, via="api")
+    return _dump(NodeSchema, node, status=201)
+
+
+@bp.get("/nodes/<int:node_id>")
+@require_right("manage_nodes")
+@doc("One node", response=NodeSchema)
+def node(node_id: int):
+    return _dump(NodeSchema, _node(node_id))
+
+
+@bp.patch("/nodes/<int:node_id>")
+@require_right("manage_nodes")
+@doc("Change a node (only the given fields)", body=NodeSchema, response=NodeSchema)
+def update_node(node_id: int):
+    target = _node(node_id)
+    given = json_body()
+    values = load(NodeSchema(), given, partial=True)
+    try:
+        node_pages.save_node(target, {k: v for k, v in values.items() if k in given})
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("node_save", target=target.name, created=False, via="api")
+    return _dump(NodeSchema, target)
+
+
+@bp.delete("/nodes/<int:node_id>")
+@require_right("manage_nodes")
+@doc("Delete a node")
+def delete_node(node_id: int):
+    target = _node(node_id)
+    target.delete_instance()
+    get_pacs().nodes.invalidate()
+    record("node_delete", target=target.name, via="api")
+    return "", 204
+
+
+@bp.post("/nodes/<int:node_id>/echo")
+@require_right("manage_nodes")
+@doc("C-ECHO a node", response=EchoResultSchema)
+def echo_node(node_id: int):
+    return _dump(EchoResultSchema, node_pages.echo_node(_node(node_id)))
+
+
+# -- storages -----------------------------------------------------------------------------------
+
+
+def _storage_out(storage: Storage) -> dict:
+    data = StorageSchema().dump(storage)
+    data["free_mb"] = storage_pages.free_mb(storage)
+    return data
+
+
+@bp.get("/storages")
+@require_right("manage_storages")
+@doc("Storage folders with their free space", response=StorageSchema, many=True)
+def storages():
+    rows = Storage.select().order_by(Storage.position, Storage.id)
+    return jsonify([_storage_out(s) for s in rows])
+
+
+@bp.post("/storages")
+@require_right("manage_storages")
+@doc("Add a storage folder", body=StorageSchema, response=StorageSchema, status=201)
+def create_storage():
+    try:
+        storage = storage_pages.save_storage(None, load_json(StorageSchema()))
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("storage_save", target=storage.name, created=True, via="api")
+    return jsonify(_storage_out(storage)), 201
+
+
+@bp.patch("/storages/<int:storage_id>")
+@require_right("manage_storages")
+@doc("Change a storage folder (name, enabled, limit)", body=StorageSchema,
+     response=StorageSchema)  # fmt: skip
+def update_storage(storage_id: int):
+    storage = storage_pages.storage_or_404(storage_id)
+    given = json_body()
+    values = load(StorageSchema(), given, partial=True)
+    try:
+        storage_pages.save_storage(storage, {k: v for k, v in values.items() if k in given})
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("storage_save", target=storage.name, created=False, via="api")
+    return jsonify(_storage_out(storage))
+
+
+@bp.delete("/storages/<int:storage_id>")
+@require_right("manage_storages")
+@doc("Delete an empty storage folder")
+def delete_storage(storage_id: int):
+    storage = storage_pages.storage_or_404(storage_id)
+    try:
+        storage_pages.delete_storage(storage)
+    except ValidationError as exc:
+        abort(409, " ".join(exc.normalized_messages()["_schema"]))
+    record("storage_delete", target=storage.name, via="api")
+    return "", 204
+
+
+# -- users and profiles ------------------------------------------------------------------------
+
+
+@bp.get("/users")
+@require_right("manage_users")
+@doc("User accounts", response=UserSchema, many=True)
+def users():
+    return _dump(UserSchema, list(User.select().order_by(User.login)), many=True)
+
+
+@bp.post("/users")
+@require_right("manage_users")
+@doc("Create an account", body=UserSchema, response=UserSchema, status=201)
+def create_user():
+    try:
+        user = user_pages.save_user(None, load_json(UserSchema()))
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("user_save", target=user.login, created=True, via="api")
+    return _dump(UserSchema, user, status=201)
+
+
+@bp.get("/users/<int:user_id>")
+@require_right("manage_users")
+@doc("One account", response=UserSchema)
+def user(user_id: int):
+    return _dump(UserSchema, user_pages.user_or_404(user_id))
+
+
+@bp.patch("/users/<int:user_id>")
+@require_right("manage_users")
+@doc("Change an account (only the given fields)", body=UserSchema, response=UserSchema)
+def update_user(user_id: int):
+    target = user_pages.user_or_404(user_id)
+    given = json_body()
+    values = load(UserSchema(), given, partial=True)
+    try:
+        user_pages.save_user(target, {k: v for k, v in values.items() if k in given})
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("user_save", target=target.login, created=False, via="api")
+    return _dump(UserSchema, target)
+
+
+@bp.delete("/users/<int:user_id>")
+@require_right("manage_users")
+@doc("Delete an account")
+def delete_user(user_id: int):
+    target = user_pages.user_or_404(user_id)
+    if target.id == current_user().id:
+        abort(409, "you cannot delete your own account")
+    target.delete_instance()
+    record("user_delete", target=target.login, via="api")
+    return "", 204
+
+
+@bp.post("/users/<int:user_id>/unlock")
+@require_right("manage_users")
+@doc("Unlock an account", response=UserSchema)
+def unlock_user(user_id: int):
+    target = user_pages.user_or_404(user_id)
+    unlock(target)
+    record("user_unlock", target=target.login, via="api")
+    return _dump(UserSchema, target)
+
+
+@bp.get("/profiles")
+@require_right("manage_users")
+@doc("Profiles and their rights", response=ProfileSchema, many=True)
+def profiles():
+    return _dump(ProfileSchema, list(Profile.select().order_by(Profile.name)), many=True)
+
+
+@bp.post("/profiles")
+@require_right("manage_users")
+@doc("Create a profile", body=ProfileSchema, response=ProfileSchema, status=201)
+def create_profile():
+    values = load_json(ProfileSchema())
+    if Profile.select().where(Profile.name == values["name"]).exists():
+        raise InvalidInput({"name": ["a profile with this name exists"]})
+    profile = Profile.create(name=values["name"], rights=json.dumps(values["rights"]))
+    record("profile_create", target=profile.name, rights=values["rights"], via="api")
+    return _dump(ProfileSchema, profile, status=201)
+
+
+@bp.patch("/profiles/<int:profile_id>")
+@require_right("manage_users")
+@doc("Change the rights of a profile", body=ProfileSchema, response=ProfileSchema)
+def update_profile(profile_id: int):
+    profile = user_pages.profile_or_404(profile_id)
+    given = json_body()
+    values = load(ProfileSchema(), given, partial=True)
+    if "name" in given and values["name"] != profile.name:
+        raise InvalidInput({"name": ["a profile cannot be renamed"]})
+    if "rights" in given:
+        try:
+            user_pages.check_own_profile_keeps_user_management(profile, values["rights"])
+        except ValidationError as exc:
+            raise _errors(exc) from None
+        profile.rights = json.dumps(values["rights"])
+        profile.save()
+        record("profile_rights", target=profile.name, rights=values["rights"], via="api")
+    return _dump(ProfileSchema, profile)
+
+
+@bp.delete("/profiles/<int:profile_id>")
+@require_right("manage_users")
+@doc("Delete a profile (?replacement=NAME when users have it)", query=ProfileDeleteSchema)
+def delete_profile(profile_id: int):
+    profile = user_pages.profile_or_404(profile_id)
+    replacement = load_args(ProfileDeleteSchema())["replacement"]
+    try:
+        moved = user_pages.delete_profile(profile, replacement)
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("profile_delete", target=profile.name, users_moved=moved, via="api")
+    return "", 204
+
+
+# -- plugins and settings --------------------------------------------------------------------
+
+
+@bp.get("/plugins")
+@require_right("manage_plugins")
+@doc("Installed plugins and their state", response=PluginSchema, many=True)
+def plugins():
+    return _dump(
+        PluginSchema, [plugin_pages.describe(i) for i in get_pacs().hooks.list()], many=True
+    )
+
+
+@bp.patch("/plugins/<name>")
+@require_right("manage_plugins")
+@doc("Enable or disable a plugin", body=PluginChangeSchema, response=PluginSchema)
+def update_plugin(name: str):
+    info = plugin_pages.plugin_or_404(name)
+    values = load_json(PluginChangeSchema())
+    try:
+        plugin_pages.set_enabled(info, values["enabled"])
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("plugin_enable" if values["enabled"] else "plugin_disable", target=name, via="api")
+    return _dump(PluginSchema, plugin_pages.describe(info))
+
+
+def _plugin_schema(name: str) -> Schema:
+    plugin_pages.plugin_or_404(name)
+    schema = get_pacs().hooks.settings_schema(name)
+    if schema is None:
+        abort(404, "this plugin is not loaded or has no settings")
+    return schema
+
+
+@bp.get("/plugins/<name>/settings")
+@require_right("manage_plugins")
+@doc("A plugin's settings (fields defined by the plugin's schema)")
+def plugin_settings(name: str):
+    schema = _plugin_schema(name)
+    return jsonify(schema.dump(get_pacs().plugin_settings(name)))
+
+
+@bp.patch("/plugins/<name>/settings")
+@require_right("manage_plugins")
+@doc("Change a plugin's settings (validated by its schema, applied at once)")
+def update_plugin_settings(name: str):
+    schema = _plugin_schema(name)
+    changes = json_body()
+    if not isinstance(changes, dict):
+        raise InvalidInput({"_body": ["a JSON object is expected"]})
+    try:
+        saved = get_pacs().save_plugin_settings(name, changes)
+    except ValidationError as exc:
+        raise _errors(exc) from None
+    record("plugin_settings", target=name, fields=sorted(changes), via="api")
+    return jsonify(schema.dump(saved))
+
+
+@bp.get("/settings")
+@require_right("configure")
+@doc("The core settings")
+def settings():
+    return jsonify(CORE_SETTINGS.dump(get_pacs().settings.core))
+
+
+@bp.patch("/settings")
+@require_right("configure")
+@doc("Change core settings (only the given keys)")
+def update_settings():
+    changes = json_body()
+    if not isinstance(changes, dict):
+        raise InvalidInput({"_body": ["a JSON object is expected"]})
+    try:
+        return jsonify(settings_pages.update_settings(changes))
+    except ValidationError as exc:
+        raise _errors(exc) from None
+
+
+# -- audit and jobs -------------------------------------------------------------------------
+
+
+@bp.get("/audit")
+@require_right("view_audit")
+@doc("Audit events, newest first", query=AuditQuerySchema, response=AuditEventSchema, many=True)
+def audit():
+    filters = load_args(AuditQuerySchema())
+    rows = audit_pages.audit_query(filters).paginate(filters["page"], filters["page_size"])
+    return _dump(AuditEventSchema, list(rows), many=True)
+
+
+@bp.get("/jobs")
+@require_right("manage_jobs")
+@doc("Background jobs, newest first (?state=pending|running|done|failed)",
+     response=JobSchema, many=True)  # fmt: skip
+def jobs():
+    page, size = page_args(100, 1000)
+    rows = job_pages.jobs_query(request.args.get("state")).paginate(page, size)
+    return _dump(JobSchema, list(rows), many=True)
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+@require_right("manage_jobs")
+@doc("Make a job due now", response=JobSchema)
+def retry_job(job_id: int):
+    pacs = get_pacs()
+    if not pacs.jobs.retry_now(job_id):
+        abort(409 if pacs.jobs.get(job_id) else 404, "the job is running or does not exist")
+    record("job_retry", target=str(job_id), via="api")
+    return _dump(JobSchema, pacs.jobs.get(job_id))
+
+
+@bp.delete("/jobs/<int:job_id>")
+@require_right("manage_jobs")
+@doc("Delete a job")
+def delete_job(job_id: int):
+    if not get_pacs().jobs.delete(job_id):
+        abort(404, "no such job")
+    record("job_delete", target=str(job_id), via="api")
+    return "", 204
