@@ -119,7 +119,10 @@ KINDS = {
     ),
 }
 # a data set tag keeps the UIDs of different sets apart (warm-up vs measured)
-SET_CODES = {"large": 1, "small": 2, "warm-large": 3, "warm-small": 4}
+SET_CODES = {
+    "large": 1, "small": 2, "warm-large": 3, "warm-small": 4,
+    "flat-a": 5, "flat-b": 6, "flat-last": 7,  # bench/flatness.py
+}  # fmt: skip
 
 
 def patient(i: int) -> dict:
@@ -135,8 +138,11 @@ def patient(i: int) -> dict:
     }
 
 
-def generate(out: Path, set_name: str, kind_name: str, count: int, parts: int = 4) -> list[Path]:
-    """Write ``count`` instances under ``out``; return the part folders."""
+def generate(
+    out: Path, set_name: str, kind_name: str, count: int, parts: int = 4, first_year: int = 2005
+) -> list[Path]:
+    """Write ``count`` instances under ``out`` (study dates over the 20 years from
+    ``first_year``); return the part folders."""
     kind = KINDS[kind_name]
     code = SET_CODES[set_name]
     rng = random.Random(code)
@@ -150,7 +156,7 @@ def generate(out: Path, set_name: str, kind_name: str, count: int, parts: int = 
     written = 0
     for s in range(n_studies):
         pat = patient(rng.randrange(N_PATIENTS))
-        study_day = date(2005, 1, 1) + timedelta(days=rng.randrange(0, 365 * 20))
+        study_day = date(first_year, 1, 1) + timedelta(days=rng.randrange(0, 365 * 20))
         study_uid = f"{UID_ROOT}.{code}.{s + 1}"
         hour = rng.randrange(7, 19)
         study_time = f"{hour:02d}{rng.randrange(60):02d}{rng.randrange(60):02d}"

@@ -88,19 +88,35 @@ def dcmtk(tool: str, *args, check=True, capture=False, timeout=3600) -> subproce
 # -- process accounting ---------------------------------------------------------------
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server process and its direct children (pacscore's extra DICOM listeners)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [pid, *map(int, out.stdout.split())]
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of the process (not of its children)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of every thread of the server's processes."""
+    total = 0
+    for each in server_pids(pid):
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a child that just exited
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def vm_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    """The largest peak RSS among the server's processes (the target is per process)."""
+    peaks = [0]
+    for each in server_pids(pid):
+        try:
+            with open(f"/proc/{each}/status") as f:
+                peaks += [int(line.split()[1]) for line in f if line.startswith("VmHWM:")]
+        except FileNotFoundError:
+            continue
+    return max(peaks)
 
 
 def settle_cpu(pid: int, quiet=0.6, limit=60.0) -> float:
@@ -180,6 +196,7 @@ class Server:
 class Pacscore(Server):
     name = "pacscore"
     aet = "PACSCORE"
+    db_url = ""  # default: SQLite in the home
 
     def setup(self) -> None:
         home = self.root
@@ -189,7 +206,7 @@ class Pacscore(Server):
                 [*PACSCORE, "--home", str(home), *a], check=True, stdout=subprocess.DEVNULL
             )
 
-        run("init", "--aet", self.aet)
+        run("init", "--aet", self.aet, *(["--db", self.db_url] if self.db_url else []))
         run(
             "node",
             "add",
