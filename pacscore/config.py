@@ -95,6 +95,11 @@ class CoreSettingsSchema(Schema):
         load_default=0, validate=validate.Range(min=0), metadata={"help": "0: never"}
     )
     reset_link_minutes = fields.Integer(load_default=60, validate=validate.Range(min=1))
+    worklist_timeout_hours = fields.Float(
+        load_default=24.0,
+        validate=validate.Range(min=0),
+        metadata={"help": "a step not started this long after its start becomes DISCONTINUED"},
+    )
 
 
 CORE_SETTINGS = CoreSettingsSchema()

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "pacscore"
 BUILTIN_PLUGINS = (
     "pacscore.builtin.store_policies",
     "pacscore.builtin.disk_monitor",
+    "pacscore.builtin.worklist_timeout",
 )
 
 
