@@ -67,8 +67,7 @@ class MppsError(Exception):
 
 
 def _text(item: Dataset, keyword: str) -> str:
-    value = item.get(keyword)
-    return str(value.value or "").strip() if value is not None else ""
+    return str(item.get(keyword) or "").strip()
 
 
 def referenced_steps(attributes: Dataset) -> list[int]:

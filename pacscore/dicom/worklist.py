@@ -80,16 +80,14 @@ class BadIdentifier(ValueError):
 
 def _sps_item(identifier: Dataset) -> Dataset | None:
     sequence = identifier.get(SPS_SEQUENCE)
-    if sequence is None or not sequence.value:
-        return None
-    return sequence.value[0]
+    return sequence[0] if sequence else None
 
 
 def filters_for(identifier: Dataset) -> dict[str, Any]:
     """The matching keys of an MWL identifier as :func:`worklist.match_conditions` filters."""
     try:
         filters = {
-            PROCEDURE_KEYS[k]: identifier.get(k).value
+            PROCEDURE_KEYS[k]: identifier[k].value
             for k in MATCHED_PROCEDURE_KEYS
             if k in identifier
         }
@@ -97,7 +95,7 @@ def filters_for(identifier: Dataset) -> dict[str, Any]:
         if item is not None:
             for keyword in MATCHED_STEP_KEYS:
                 if keyword in item:
-                    filters[STEP_KEYS[keyword]] = item.get(keyword).value
+                    filters[STEP_KEYS[keyword]] = item[keyword].value
     except Exception as exc:  # noqa: BLE001 - malformed identifiers raise anything
         raise BadIdentifier(f"cannot decode identifier: {exc}") from exc
     status_value = filters.get("status")

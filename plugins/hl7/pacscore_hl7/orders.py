@@ -39,9 +39,9 @@ DEFAULT_MAPPING: dict[str, str] = {
     "start": "TQ1-7.1|ORC-7.4|OBR-27.4|OBR-36.1",
     "description": "OBR-4.2",
     "performing_physician": "",
-    "protocol_code": "IPC-7.1|OBR-4.1",
-    "protocol_description": "IPC-7.2|OBR-4.2",
-    "protocol_scheme": "IPC-7.3|OBR-4.3",
+    "protocol_code": "IPC-6.1|OBR-4.1",
+    "protocol_description": "IPC-6.2|OBR-4.2",
+    "protocol_scheme": "IPC-6.3|OBR-4.3",
 }
 PROCEDURE_TARGETS = tuple(k for k in wl.PROCEDURE_FIELDS)
 STEP_TARGETS = (
