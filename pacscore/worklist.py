@@ -259,17 +259,28 @@ class Worklist:
         self, placer_order: str = "", filler_order: str = "", accession_number: str = ""
     ) -> dict[str, Any] | None:
         """The entry with this placer order, else filler order, else accession number."""
-        pairs = (
-            (RequestedProcedure.placer_order, placer_order),
-            (RequestedProcedure.filler_order, filler_order),
-            (RequestedProcedure.accession_number, accession_number),
-        )
+        pairs = [
+            (column, value)
+            for column, value in (
+                (RequestedProcedure.placer_order, placer_order),
+                (RequestedProcedure.filler_order, filler_order),
+                (RequestedProcedure.accession_number, accession_number),
+            )
+            if value
+        ]
+        if not pairs:
+            return None
+        # one query for the three keys (an HL7 feed asks this for every order)
         with connection():
+            candidates = list(
+                RequestedProcedure.select(RequestedProcedure.id, *(c for c, _ in pairs))
+                .where(_any(column == value for column, value in pairs))
+                .limit(50)
+            )
             for column, value in pairs:
-                if value:
-                    row = RequestedProcedure.get_or_none(column == value)
-                    if row is not None:
-                        return to_dict(row)
+                for row in candidates:
+                    if getattr(row, column.name) == value:
+                        return to_dict(self._load(row.id))
         return None
 
     def search(self, limit: int = 1000, **filters: Any) -> list[dict[str, Any]]:
@@ -308,14 +319,27 @@ class Worklist:
                 .exists()
             ):
                 raise WorklistError(f"Study Instance UID {values['study_uid']} already scheduled")
-            row = RequestedProcedure.create(**_procedure_columns(values))
+            now = utcnow()
+            entry_id = RequestedProcedure.insert(
+                **_procedure_columns(values), created=now, updated=now
+            ).execute()
+            after = {
+                **{name: values.get(name, "") for name in PROCEDURE_FIELDS},
+                "id": entry_id,
+                "created": now.isoformat(),
+                "updated": now.isoformat(),
+                "steps": [],
+            }
             for index, step in enumerate(clean_steps, start=1):
                 # a step needs an ID to be addressed by later updates and by MPPS
                 step["sps_id"] = step.get("sps_id") or str(index)
                 columns = _step_columns({"status": SCHEDULED, **step}, None)
-                columns.setdefault("scheduled_at", utcnow())
-                ScheduledStep.create(procedure=row, **columns)
-            after = to_dict(row)
+                columns.setdefault("scheduled_at", now)
+                step_id = ScheduledStep.insert(procedure=entry_id, **columns).execute()
+                state = {name: columns.get(name, "") for name in STEP_FIELDS}
+                after["steps"].append(
+                    {**state, "id": step_id, "updated": columns["updated"].isoformat()}
+                )
             self._changed(None, after)
         self.pacs.outbox.wake()
         return after
