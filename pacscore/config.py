@@ -117,7 +117,9 @@ def coerce_for_schema(schema: Schema, key: str, raw: str) -> Any:
     if key not in schema.fields:
         raise ValidationError({key: ["Unknown field."]})
     field_obj = schema.fields[key]
-    if isinstance(field_obj, fields.Boolean | fields.Integer | fields.Float | fields.List):
+    if isinstance(
+        field_obj, fields.Boolean | fields.Integer | fields.Float | fields.List | fields.Dict
+    ):
         try:
             return json.loads(raw)
         except json.JSONDecodeError:

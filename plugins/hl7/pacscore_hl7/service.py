@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from pacscore.models import Hl7Message, connection, db, write_transaction
@@ -44,32 +45,45 @@ class Outcome:
 
 
 class MappingCache:
-    """The plugin settings' mapping, parsed, re-read every few seconds."""
+    """Each application's parsed mapping and ACK sender name, re-read every few
+    seconds (a change in the console applies without a restart)."""
 
     SECONDS = 2.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded = -1e9
-        self._value: tuple[dict, str] = ({}, "PACSCORE")
+        self._by_pacs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, pacs) -> tuple[dict, str]:
         with self._lock:
-            if time.monotonic() - self._loaded > self.SECONDS:
-                with connection():
-                    settings = pacs.plugin_settings(PLUGIN_NAME)
-                mapping = settings.get("mapping") or {}
-                try:
-                    parsed = orders.parse_mapping(mapping)
-                except ValueError as exc:
-                    log.error("hl7 mapping setting is invalid (%s): using the defaults", exc)
-                    parsed = orders.parse_mapping({})
-                self._value = (parsed, settings.get("application_name") or "PACSCORE")
-                self._loaded = time.monotonic()
-            return self._value
+            loaded, value = self._by_pacs.get(pacs, (-1e9, None))
+            if value is None or time.monotonic() - loaded > self.SECONDS:
+                value = self._read(pacs)
+                self._by_pacs[pacs] = (time.monotonic(), value)
+            return value
+
+    @staticmethod
+    def _read(pacs) -> tuple[dict, str]:
+        with connection():
+            settings = pacs.plugin_settings(PLUGIN_NAME)
+        try:
+            parsed = orders.parse_mapping(settings.get("mapping") or {})
+        except ValueError as exc:
+            log.error("hl7 mapping setting is invalid (%s): using the defaults", exc)
+            parsed = orders.parse_mapping({})
+        return parsed, settings.get("application_name") or "PACSCORE"
+
+    def forget(self, pacs) -> None:
+        with self._lock:
+            self._by_pacs.pop(pacs, None)
 
 
 _mappings = MappingCache()
+
+
+def forget_settings(pacs) -> None:
+    """Read the plugin settings again at the next message."""
+    _mappings.forget(pacs)
 
 
 def process_frame(pacs, data: bytes, peer: str = "") -> bytes:
