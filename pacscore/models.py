@@ -257,7 +257,7 @@ class ScheduledStep(BaseModel):
     procedure = ForeignKeyField(RequestedProcedure, backref="steps", on_delete="CASCADE")
     sps_id = CharField(max_length=64, default="")
     modality = CharField(max_length=16, default="", index=True)
-    station_aet = CharField(max_length=16, default="", index=True)
+    station_aet = CharField(max_length=16, default="")
     start_date = CharField(max_length=8, default="", index=True)
     start_time = CharField(max_length=16, default="")
     description = CharField(max_length=324, default="")
@@ -266,10 +266,14 @@ class ScheduledStep(BaseModel):
     protocol_scheme = CharField(max_length=64, default="")
     protocol_description = CharField(max_length=324, default="")
     # SCHEDULED, IN_PROGRESS, COMPLETED, DISCONTINUED, MISSED, CANCELED
-    status = CharField(max_length=16, default="SCHEDULED", index=True)
+    status = CharField(max_length=16, default="SCHEDULED")
     # when the step should start, for the overdue sweep (start_date + start_time)
-    scheduled_at = DateTimeField(null=True, index=True)
+    scheduled_at = DateTimeField(null=True)
     updated = DateTimeField(default=utcnow)
+
+    class Meta:
+        # status matching (MWL) and the overdue sweep (status, then start) share one index
+        indexes = ((("status", "scheduled_at"), False),)
 
 
 class PerformedStep(BaseModel):
@@ -287,13 +291,14 @@ class PerformedStep(BaseModel):
 class Hl7Message(BaseModel):
     """An HL7 v2 message received (by a plugin), its outcome and the ACK sent."""
 
-    received_at = DateTimeField(default=utcnow, index=True)
+    # few indexes: each one is written by every message of a feed
+    received_at = DateTimeField(default=utcnow)
     peer = CharField(max_length=64, default="")
-    message_type = CharField(max_length=32, default="", index=True)  # e.g. ORM^O01
+    message_type = CharField(max_length=32, default="")  # e.g. ORM^O01
     control_id = CharField(max_length=64, default="", index=True)
     charset = CharField(max_length=32, default="")
     text = TextField()  # the decoded message, segments separated by CR
-    outcome = CharField(max_length=2, default="", index=True)  # AA, AE, AR
+    outcome = CharField(max_length=2, default="")  # AA, AE, AR
     detail = TextField(default="")  # what was done, or why not
     ack = TextField(default="")
     replay_of = IntegerField(null=True)

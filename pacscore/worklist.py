@@ -311,11 +311,13 @@ class Worklist:
         if not steps:
             raise WorklistError("a worklist entry needs at least one scheduled step")
         clean_steps = [_clean(s, STEP_FIELDS) for s in steps]
-        values["study_uid"] = values.get("study_uid") or generate_uid(prefix=UID_ROOT)
+        given_uid = values.get("study_uid")
+        values["study_uid"] = given_uid or generate_uid(prefix=UID_ROOT)
         with connection(), write_transaction():
             if (
-                RequestedProcedure.select()
-                .where(RequestedProcedure.study_uid == values["study_uid"])
+                given_uid
+                and RequestedProcedure.select()
+                .where(RequestedProcedure.study_uid == given_uid)
                 .exists()
             ):
                 raise WorklistError(f"Study Instance UID {values['study_uid']} already scheduled")

@@ -302,11 +302,19 @@ def test_listener_survives_garbage_half_frames_and_long_sessions(hl7_server):
         for n in range(2, 102):
             sock.sendall(frame(ORDER.format(n=n)))
             assert f"MSA|AA|BULK{n}\r" in read_ack(sock)
-    # the listener still answers new connections; the half frame created nothing
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(frame(ORDER.format(n=200)))
-        assert "MSA|AA|BULK200" in read_ack(sock)
+    # several connections at once, interleaved; the half frame created nothing
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as one,
+        socket.create_connection(("127.0.0.1", port), timeout=30) as two,
+    ):
+        one.sendall(frame(ORDER.format(n=200)))
+        two.sendall(frame(ORDER.format(n=201)))
+        assert "MSA|AA|BULK201" in read_ack(two)
+        assert "MSA|AA|BULK200" in read_ack(one)
     listing = hl7_server.cli("worklist", "list", "--limit", "1000").stdout
     assert "BACC1\t" not in listing
-    assert listing.count("BACC") == 102, listing
-    assert hl7_server.process.poll() is None
+    assert listing.count("BACC") == 103, listing
+    # on_shutdown stops the listener with the server
+    assert hl7_server.stop() == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
