@@ -139,7 +139,7 @@ def _has_fields(row: Any, fields: tuple[str, ...]) -> bool:
 
 def _step_item(requested: Dataset | None, step: ScheduledStep) -> Dataset:
     item = Dataset()
-    if requested is None:
+    if not requested:  # no item or an empty one: universal, every attribute
         for keyword in FULL_STEP_ITEM:
             template = Dataset()
             setattr(template, keyword, None)

@@ -258,6 +258,37 @@ def test_worklist_and_mpps_need_the_worklist_right(hl7_server, tmp_path):
     assert mpps(hl7_server, "create", "1.2.3.4.203", ds) == 0x0111
 
 
+DCMTK_QUERIES = Path("/usr/share/doc/dcmtk/examples/wlistqry")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dcmtk_example_worklist_queries_are_answered(hl7_server, tmp_path):
+    """DCMTK's own example MWL queries (many optional keys, empty items, ranges)."""
+    mllp_send(hl7_server, "orders.hl7")
+    dumps = sorted(DCMTK_QUERIES.glob("wlistqry*.dump"))
+    assert len(dumps) >= 10, "dcmtk's examples are missing (Debian package dcmtk)"
+    answered = {}
+    for dump in dumps:
+        query = tmp_path / f"{dump.stem}.dcm"
+        assert run_dcmtk("dump2dcm", str(dump), str(query)).returncode == 0
+        out = tmp_path / dump.stem
+        out.mkdir()
+        result = run_dcmtk("findscu", "-W", "-v", "-aet", MODALITY_AET, "-aec", hl7_server.aet,
+                           "-X", "-od", str(out), "127.0.0.1", str(hl7_server.dicom_port),
+                           str(query))  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 0 and "Final Find Response (Success)" in output, output
+        answered[dump.stem] = [dcmread(p) for p in sorted(out.glob("*.dcm"))]
+    # no constraint but the name: every scheduled step, with the keys asked for
+    assert len(answered["wlistqry1"]) == 3
+    assert {ds.AccessionNumber for ds in answered["wlistqry1"]} == {"ACC001", "ACC002", "ACC003"}
+    # an empty SPS item asks for every step attribute
+    item = answered["wlistqry3"][0].ScheduledProcedureStepSequence[0]
+    assert item.Modality and item.ScheduledProcedureStepID and item.ScheduledProcedureStepStartDate
+    # station AA2 and modality DD schedule nothing here
+    assert answered["wlistqry6"] == [] and answered["wlistqry4"] == []
+
+
 # -- robustness of the listener ----------------------------------------------------------
 
 
