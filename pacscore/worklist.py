@@ -314,12 +314,7 @@ class Worklist:
         given_uid = values.get("study_uid")
         values["study_uid"] = given_uid or generate_uid(prefix=UID_ROOT)
         with connection(), write_transaction():
-            if (
-                given_uid
-                and RequestedProcedure.select()
-                .where(RequestedProcedure.study_uid == given_uid)
-                .exists()
-            ):
+            if given_uid and _uid_taken(given_uid):
                 raise WorklistError(f"Study Instance UID {values['study_uid']} already scheduled")
             now = utcnow()
             entry_id = RequestedProcedure.insert(
@@ -364,6 +359,9 @@ class Worklist:
         with connection(), write_transaction():
             row = self._load(entry_id)
             before = to_dict(row)
+            new_uid = values.get("study_uid")
+            if new_uid and new_uid != row.study_uid and _uid_taken(new_uid):
+                raise WorklistError(f"Study Instance UID {new_uid} already scheduled")
             if values:
                 changes = _procedure_columns(values)
                 RequestedProcedure.update(**changes, updated=utcnow()).where(
@@ -545,6 +543,10 @@ class Worklist:
                 count += 1
         self.pacs.outbox.wake()
         return count
+
+
+def _uid_taken(study_uid: str) -> bool:
+    return RequestedProcedure.select().where(RequestedProcedure.study_uid == study_uid).exists()
 
 
 def _differs(before: dict, after: dict) -> bool:

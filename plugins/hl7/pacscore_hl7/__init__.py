@@ -12,9 +12,10 @@ import logging
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from pacscore import hookimpl
+from pacscore.scheduler import PeriodicTask
 from pacscore_hl7.mllp import MllpServer
 from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
-from pacscore_hl7.service import process_frame, recent, replay
+from pacscore_hl7.service import forget_old_messages, process_frame, recent, replay
 
 __all__ = ["recent", "replay"]
 
@@ -38,6 +39,11 @@ class Hl7Settings(Schema):
         validate=validate.Length(min=1, max=64),
         metadata={"help": "MSH-3 of our ACKs when the message's MSH-5 is empty"},
     )
+    log_retention_days = fields.Integer(
+        load_default=90,
+        validate=validate.Range(min=0),
+        metadata={"help": "delete logged messages older than this (0: keep them all)"},
+    )
     idle_timeout_seconds = fields.Integer(
         load_default=600,
         validate=validate.Range(min=5),
@@ -55,6 +61,11 @@ class Hl7Settings(Schema):
 @hookimpl
 def settings_schema():
     return Hl7Settings()
+
+
+@hookimpl
+def periodic_tasks(pacs):
+    return [PeriodicTask("forget_old_hl7_messages", 3600, forget_old_messages)]
 
 
 @hookimpl

@@ -17,8 +17,9 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from datetime import timedelta
 
-from pacscore.models import Hl7Message, connection, db, write_transaction
+from pacscore.models import Hl7Message, connection, db, utcnow, write_transaction
 from pacscore.worklist import WorklistError
 from pacscore_hl7 import orders
 from pacscore_hl7.message import (
@@ -187,6 +188,16 @@ def replay(pacs, message_id: int) -> Outcome:
     if row is None:
         raise LookupError(f"no HL7 message {message_id}")
     return process_text(pacs, row.text, row.charset, "replay", replay_of=row.id)
+
+
+def forget_old_messages(pacs) -> int:
+    """Delete logged messages older than ``log_retention_days``; return how many."""
+    days = pacs.plugin_settings(PLUGIN_NAME).get("log_retention_days", 90)
+    if not days:
+        return 0
+    limit = utcnow() - timedelta(days=days)
+    with connection():
+        return Hl7Message.delete().where(Hl7Message.received_at < limit).execute()
 
 
 def recent(limit: int = 100, outcome: str | None = None) -> list[dict]:

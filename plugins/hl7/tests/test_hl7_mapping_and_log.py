@@ -3,14 +3,22 @@ the message log and its replay."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pacscore_hl7
 import pytest
 from marshmallow import ValidationError
 from pacscore_hl7.message import Message, decode
 from pacscore_hl7.mllp import extract_frames
-from pacscore_hl7.service import process_frame, process_text, recent, replay
+from pacscore_hl7.service import (
+    forget_old_messages,
+    process_frame,
+    process_text,
+    recent,
+    replay,
+)
 
-from pacscore.models import Hl7Message, connection
+from pacscore.models import Hl7Message, connection, utcnow
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
 
 ORDER = (
@@ -111,3 +119,14 @@ def test_the_mapping_is_editable_and_validated(pacs):
         pacs.save_plugin_settings("hl7", {"mapping": {"accession_number": "OBR 19"}})
     with connection(), pytest.raises(ValidationError, match="unknown mapping target"):
         pacs.save_plugin_settings("hl7", {"mapping": {"shoe_size": "PID-99"}})
+
+
+def test_old_messages_leave_the_log(pacs):
+    process_text(pacs, order("OLD"), "")
+    process_text(pacs, order("NEW"), "")
+    with connection():
+        Hl7Message.update(received_at=utcnow() - timedelta(days=91)).where(
+            Hl7Message.control_id == "OLD"
+        ).execute()
+    assert forget_old_messages(pacs) == 1
+    assert [m["control_id"] for m in recent()] == ["NEW"]
