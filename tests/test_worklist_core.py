@@ -84,8 +84,11 @@ def test_refused_changes_fire_nothing(recorded):
         pacs.worklist.create({"patient_name": "X"}, [STEP])
     with pytest.raises(WorklistError, match="status"):
         pacs.worklist.set_step_status(entry["steps"][0]["id"], "LOST")
+    other = pacs.worklist.create({**PROCEDURE, "placer_order": "PL2"}, [STEP])
+    with pytest.raises(WorklistError, match="already scheduled"):
+        pacs.worklist.update(other["id"], {"study_uid": "1.2.3"})
     pacs.outbox.drain()
-    assert len(recorder.events) == 1
+    assert len(recorder.events) == 2  # the two creations
 
 
 def test_steps_not_started_in_time_are_discontinued(recorded):
