@@ -1,10 +1,12 @@
-"""Per-node rights for query and retrieve, checked before any handler runs.
+"""Per-node rights for query, retrieve, worklist and MPPS, checked before any handler runs.
 
 pynetdicom calls the bound handler only after it has committed to a
 response shape (a C-MOVE handler must first yield a destination), so a
-refusal could not carry the right status from there.  A small subclass of
-its Query/Retrieve service class checks the calling AE first and answers
-``0x0124 Refused: Not authorized`` with an Error Comment.
+refusal could not carry the right status from there.  Small subclasses of
+its Query/Retrieve, Basic Worklist Management and Procedure Step service
+classes check the calling AE first (rights ``find``/``move``/``get``, and
+``worklist`` for MWL C-FIND and MPPS) and answer ``0x0124 Refused: Not
+authorized`` with an Error Comment.
 """
 
 from __future__ import annotations
