@@ -227,3 +227,14 @@ def _stations(port: int, aet: str) -> list[str]:
             found.append(identifier.ScheduledProcedureStepSequence[0].ScheduledStationAETitle)
     assoc.release()
     return found
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_worklist_list_command(pacs_home):
+    assert pacs_home.cli("worklist", "list").stdout.strip() == "no worklist entry"
+    refused = pacs_home.cli("worklist", "list", "--status", "BOGUS", check=False)
+    assert refused.returncode == 1
+    assert "unknown status 'BOGUS'" in refused.stderr
+    assert pacs_home.cli("worklist", "list", "--status", "canceled").stdout.strip() == (
+        "no CANCELED step"
+    )
