@@ -29,10 +29,12 @@ from pacscore.models import (
     create_tables,
 )
 from pacscore.outbox import Outbox
+from pacscore.patients import Patients
 from pacscore.plugins import PluginFailure, PluginHost
 from pacscore.rights import ensure_default_profiles
 from pacscore.secrets import SecretBox, is_encrypted
 from pacscore.storage import recover_incoming
+from pacscore.worklist import Worklist
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class Pacs:
         self.outbox = Outbox(self)
         self.jobs = Jobs(self)
         self.secrets = SecretBox(config.home)
+        self.worklist = Worklist(self)
+        self.patients = Patients(self)
 
     # -- start-up ----------------------------------------------------------
 

@@ -110,6 +110,11 @@ class CoreSettingsSchema(Schema):
         load_default=list,
         metadata={"help": "addresses or networks (CIDR) allowed to use the API; empty: any"},
     )
+    worklist_timeout_hours = fields.Float(
+        load_default=24.0,
+        validate=validate.Range(min=0),
+        metadata={"help": "a step not started this long after its start becomes DISCONTINUED"},
+    )
 
 
 CORE_SETTINGS = CoreSettingsSchema()

@@ -212,8 +212,10 @@ def on_worklist_change(
 
     ``before`` is ``None`` on creation and ``after`` is ``None`` on deletion;
     otherwise both are the entry's state as plain dicts (requested procedure
-    with its scheduled procedure steps).  Fires in the dispatcher thread, at
-    least once.  Return nothing; exceptions are recorded.
+    with its scheduled procedure steps, see ``pacscore.worklist.to_dict``).
+    Changes made through ``pacs.worklist`` (HL7 feed, MPPS, overdue sweep,
+    console) enqueue it in their transaction.  Fires in the dispatcher
+    thread, at least once.  Return nothing; exceptions are recorded.
     """
 
 

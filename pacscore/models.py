@@ -120,6 +120,8 @@ class Node(BaseModel):
     allow_move = BooleanField(default=False)
     allow_get = BooleanField(default=False)
     allow_worklist = BooleanField(default=False)
+    # Modality Worklist: this station sees only the steps scheduled for its AE title
+    worklist_own_steps_only = BooleanField(default=False)
 
     RIGHTS = ("store", "find", "move", "get", "worklist")
 
@@ -250,6 +252,83 @@ class WebSession(BaseModel):
     must_change_password = BooleanField(default=False)
 
 
+class RequestedProcedure(BaseModel):
+    """A Modality Worklist entry: an order for one study (see ``pacscore.worklist``)."""
+
+    patient_id = CharField(max_length=64, index=True)
+    patient_name = CharField(max_length=324, default="")
+    name_key = CharField(max_length=324, default="", index=True)  # see Patient.name_key
+    birth_date = CharField(max_length=8, default="")
+    sex = CharField(max_length=16, default="")
+    accession_number = CharField(max_length=64, default="", index=True)
+    admission_id = CharField(max_length=64, default="")
+    study_uid = CharField(max_length=64, unique=True)
+    requested_procedure_id = CharField(max_length=64, default="")
+    procedure_code = CharField(max_length=64, default="")
+    procedure_scheme = CharField(max_length=64, default="")
+    procedure_description = CharField(max_length=324, default="")
+    referring_physician = CharField(max_length=324, default="")
+    referring_key = CharField(max_length=324, default="")
+    reason = CharField(max_length=324, default="")
+    placer_order = CharField(max_length=64, default="", index=True)
+    filler_order = CharField(max_length=64, default="", index=True)
+    created = DateTimeField(default=utcnow)
+    updated = DateTimeField(default=utcnow)
+
+
+class ScheduledStep(BaseModel):
+    """A scheduled procedure step of a requested procedure, with its status."""
+
+    procedure = ForeignKeyField(RequestedProcedure, backref="steps", on_delete="CASCADE")
+    sps_id = CharField(max_length=64, default="")
+    modality = CharField(max_length=16, default="", index=True)
+    station_aet = CharField(max_length=16, default="")
+    start_date = CharField(max_length=8, default="", index=True)
+    start_time = CharField(max_length=16, default="")
+    description = CharField(max_length=324, default="")
+    performing_physician = CharField(max_length=324, default="")
+    protocol_code = CharField(max_length=64, default="")
+    protocol_scheme = CharField(max_length=64, default="")
+    protocol_description = CharField(max_length=324, default="")
+    # SCHEDULED, IN_PROGRESS, COMPLETED, DISCONTINUED, MISSED, CANCELED
+    status = CharField(max_length=16, default="SCHEDULED")
+    # when the step should start, for the overdue sweep (start_date + start_time)
+    scheduled_at = DateTimeField(null=True)
+    updated = DateTimeField(default=utcnow)
+
+    class Meta:
+        # status matching (MWL) and the overdue sweep (status, then start) share one index
+        indexes = ((("status", "scheduled_at"), False),)
+
+
+class PerformedStep(BaseModel):
+    """A Modality Performed Procedure Step received by N-CREATE."""
+
+    mpps_uid = CharField(max_length=64, unique=True)
+    # JSON list of the ScheduledStep ids it performs (empty: unscheduled)
+    step_ids = TextField(default="[]")
+    status = CharField(max_length=16)  # IN PROGRESS, COMPLETED, DISCONTINUED
+    calling_ae = CharField(max_length=16, default="")
+    created = DateTimeField(default=utcnow)
+    updated = DateTimeField(default=utcnow)
+
+
+class Hl7Message(BaseModel):
+    """An HL7 v2 message received (by a plugin), its outcome and the ACK sent."""
+
+    # few indexes: each one is written by every message of a feed
+    received_at = DateTimeField(default=utcnow)
+    peer = CharField(max_length=64, default="")
+    message_type = CharField(max_length=32, default="")  # e.g. ORM^O01
+    control_id = CharField(max_length=64, default="", index=True)
+    charset = CharField(max_length=32, default="")
+    text = TextField()  # the decoded message, segments separated by CR
+    outcome = CharField(max_length=2, default="")  # AA, AE, AR
+    detail = TextField(default="")  # what was done, or why not
+    ack = TextField(default="")
+    replay_of = IntegerField(null=True)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -317,6 +396,10 @@ ALL_MODELS = [
     Job,
     ApiToken,
     WebSession,
+    RequestedProcedure,
+    ScheduledStep,
+    PerformedStep,
+    Hl7Message,
     SchemaVersion,
     AppliedMigration,
     MailAlertSent,

@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "pacscore.builtin.disk_monitor",
     "pacscore.builtin.mail",
     "pacscore.builtin.send",
+    "pacscore.builtin.worklist_timeout",
 )
 
 

@@ -1,10 +1,12 @@
-"""Per-node rights for query and retrieve, checked before any handler runs.
+"""Per-node rights for query, retrieve, worklist and MPPS, checked before any handler runs.
 
 pynetdicom calls the bound handler only after it has committed to a
 response shape (a C-MOVE handler must first yield a destination), so a
-refusal could not carry the right status from there.  A small subclass of
-its Query/Retrieve service class checks the calling AE first and answers
-``0x0124 Refused: Not authorized`` with an Error Comment.
+refusal could not carry the right status from there.  Small subclasses of
+its Query/Retrieve, Basic Worklist Management and Procedure Step service
+classes check the calling AE first (rights ``find``/``move``/``get``, and
+``worklist`` for MWL C-FIND and MPPS) and answer ``0x0124 Refused: Not
+authorized`` with an Error Comment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 
 from pynetdicom import association
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.service_class import BasicWorklistManagementServiceClass, QueryRetrieveServiceClass
+from pynetdicom.service_class_n import ProcedureStepServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacscore.dicom import status
@@ -26,7 +29,10 @@ RIGHT_BY_REQUEST = {C_FIND: "find", C_MOVE: "move", C_GET: "get"}
 def refusal_response(req, comment: str):
     rsp = type(req)()
     rsp.MessageIDBeingRespondedTo = req.MessageID
-    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    # N-SET requests name the class in RequestedSOPClassUID
+    rsp.AffectedSOPClassUID = getattr(req, "AffectedSOPClassUID", None) or getattr(
+        req, "RequestedSOPClassUID", None
+    )
     rsp.Status = status.NOT_AUTHORIZED
     rsp.ErrorComment = comment[:64]
     return rsp
@@ -48,13 +54,47 @@ class GuardedQueryRetrieveServiceClass(QueryRetrieveServiceClass):
         super().SCP(req, context)
 
 
+def _refused(service, req, context, right: str) -> bool:
+    """Answer ``Not authorized`` and return True when the calling AE lacks ``right``."""
+    pacs = getattr(service.assoc.ae, "pacs", None)
+    aet = service.assoc.requestor.ae_title
+    if pacs is None or pacs.nodes.allows(aet, right):
+        return False
+    request = type(req).__name__
+    log.warning("refused %s from %s: not a declared node with the %s right", request, aet, right)
+    service.dimse.send_msg(refusal_response(req, f"{aet} may not {right}"), context.context_id)
+    return True
+
+
+class GuardedWorklistServiceClass(BasicWorklistManagementServiceClass):
+    """Modality Worklist C-FIND, for nodes with the ``worklist`` right only."""
+
+    def SCP(self, req, context) -> None:  # noqa: N802 - pynetdicom's name
+        if not _refused(self, req, context, "worklist"):
+            super().SCP(req, context)
+
+
+class GuardedProcedureStepServiceClass(ProcedureStepServiceClass):
+    """MPPS N-CREATE/N-SET, for nodes with the ``worklist`` right only (a modality
+    that reads the worklist is the one that reports on it)."""
+
+    def SCP(self, req, context) -> None:  # noqa: N802 - pynetdicom's name
+        if not _refused(self, req, context, "worklist"):
+            super().SCP(req, context)
+
+
+GUARDED = {
+    QueryRetrieveServiceClass: GuardedQueryRetrieveServiceClass,
+    BasicWorklistManagementServiceClass: GuardedWorklistServiceClass,
+    ProcedureStepServiceClass: GuardedProcedureStepServiceClass,
+}
+
+
 def _guarded_service_class(uid):
     service_class = uid_to_service_class(uid)
-    if service_class is QueryRetrieveServiceClass:
-        return GuardedQueryRetrieveServiceClass
-    return service_class
+    return GUARDED.get(service_class, service_class)
 
 
 def install() -> None:
-    """Route Query/Retrieve requests through the guarded service class."""
+    """Route Query/Retrieve, Worklist and MPPS requests through the guarded classes."""
     association.uid_to_service_class = _guarded_service_class

@@ -6,6 +6,8 @@ import logging
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -25,8 +27,10 @@ from pacscore.dicom import (
     reuseport,
 )
 from pacscore.dicom.find import handle_find
+from pacscore.dicom.mpps import handle_n_create, handle_n_set
 from pacscore.dicom.retrieve import handle_get, handle_move
 from pacscore.dicom.store import handle_store
+from pacscore.dicom.worklist import handle_worklist_find
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,24 @@ def build_ae(pacs) -> AE:
         )
     for sop_class in QUERY_RETRIEVE:
         ae.add_supported_context(sop_class)
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.add_supported_context(ModalityPerformedProcedureStep)
     return ae
+
+
+def find_by_model(event, pacs):
+    """One C-FIND event for every information model: the worklist has its own handler."""
+    if event.request.AffectedSOPClassUID == ModalityWorklistInformationFind:
+        return handle_worklist_find(event, pacs)
+    return handle_find(event, pacs)
 
 
 def handlers(pacs) -> list:
     return [
         (evt.EVT_C_STORE, handle_store, [pacs]),
-        (evt.EVT_C_FIND, handle_find, [pacs]),
+        (evt.EVT_C_FIND, find_by_model, [pacs]),
+        (evt.EVT_N_CREATE, handle_n_create, [pacs]),
+        (evt.EVT_N_SET, handle_n_set, [pacs]),
         (evt.EVT_C_MOVE, handle_move, [pacs]),
         (evt.EVT_C_GET, handle_get, [pacs]),
     ]

@@ -1,0 +1,89 @@
+"""pacscore-hl7: HL7 v2 orders and ADT over MLLP feed the Modality Worklist.
+
+Started by ``on_startup`` on ``pacs.config.hl7_port`` (``--hl7-port``,
+default 2575) and stopped by ``on_shutdown``.  See the README for the
+mapping, the ACK rules and the message log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from pacscore import hookimpl
+from pacscore.scheduler import PeriodicTask
+from pacscore_hl7.mllp import MllpServer
+from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
+from pacscore_hl7.service import forget_old_messages, process_frame, recent, replay
+
+__all__ = ["recent", "replay"]
+
+log = logging.getLogger(__name__)
+
+_server: MllpServer | None = None
+
+
+class Hl7Settings(Schema):
+    mapping = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        load_default=lambda: dict(DEFAULT_MAPPING),
+        metadata={
+            "help": "worklist field -> HL7 locations SEG-F[.C[.S]], alternatives separated "
+            "by '|' (the first non-empty wins); fields not given keep their default"
+        },
+    )
+    application_name = fields.String(
+        load_default="PACSCORE",
+        validate=validate.Length(min=1, max=64),
+        metadata={"help": "MSH-3 of our ACKs when the message's MSH-5 is empty"},
+    )
+    log_retention_days = fields.Integer(
+        load_default=90,
+        validate=validate.Range(min=0),
+        metadata={"help": "delete logged messages older than this (0: keep them all)"},
+    )
+    idle_timeout_seconds = fields.Integer(
+        load_default=600,
+        validate=validate.Range(min=5),
+        metadata={"help": "close a connection silent this long (applies to new connections)"},
+    )
+
+    @validates("mapping")
+    def _valid_mapping(self, value, **_kwargs) -> None:
+        try:
+            parse_mapping(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+
+
+@hookimpl
+def settings_schema():
+    return Hl7Settings()
+
+
+@hookimpl
+def periodic_tasks(pacs):
+    return [PeriodicTask("forget_old_hl7_messages", 3600, forget_old_messages)]
+
+
+@hookimpl
+def on_startup(pacs):
+    global _server
+    settings = pacs.plugin_settings("hl7")
+    _server = MllpServer(
+        (pacs.config.host, pacs.config.hl7_port),
+        lambda payload, peer: process_frame(pacs, payload, peer),
+        idle_timeout=settings.get("idle_timeout_seconds", 600),
+    )
+    _server.start()
+    log.info("HL7 MLLP listening on %s:%d", pacs.config.host, pacs.config.hl7_port)
+
+
+@hookimpl
+def on_shutdown(pacs):
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
