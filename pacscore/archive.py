@@ -69,6 +69,7 @@ class StoredInstance:
     size: int
     calling_ae: str
     received_at: str
+    called_ae: str = ""
 
 
 @dataclass
@@ -268,6 +269,7 @@ class Archive:
                 size=incoming.size,
                 received_at=now,
                 calling_ae=incoming.calling_ae[:16],
+                called_ae=incoming.called_ae[:16],
             ).execute()
             Series.update(
                 num_instances=Series.num_instances + 1,
@@ -299,6 +301,7 @@ class Archive:
                 size=incoming.size,
                 calling_ae=incoming.calling_ae,
                 received_at=now.isoformat(),
+                called_ae=incoming.called_ae,
             )
             self.pacs.outbox.enqueue("on_store", instance=stored)
         return stored

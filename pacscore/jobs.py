@@ -42,6 +42,20 @@ DEFAULT_RETRY_SCHEDULE = [3600, 86400, 172800, 604800]
 MAX_ERROR_CHARS = 4000
 
 
+class Postpone(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler to run the job again later without failing it.
+
+    The job goes back to ``pending`` due in ``seconds``; the attempt is not
+    counted against the retry schedule and ``reason`` is kept as its last
+    error (for instance "outside the routing window until 20:00").
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason)
+        self.seconds = max(0.0, seconds)
+        self.reason = reason
+
+
 @dataclass
 class JobHandler:
     """How to run the jobs of one kind.
@@ -188,6 +202,20 @@ class Jobs:
         job.last_error = changes[Job.last_error]
         job.next_attempt = changes.get(Job.next_attempt, job.next_attempt)
 
+    def postpone(self, job: Job, seconds: float, reason: str = "") -> None:
+        """Put a taken job back to pending, due in ``seconds``, without counting the attempt."""
+        now = utcnow()
+        due = now + timedelta(seconds=seconds)
+        with connection():
+            Job.update(
+                state=PENDING,
+                next_attempt=due,
+                attempts=Job.attempts - 1,
+                last_error=reason[-MAX_ERROR_CHARS:],
+                updated=now,
+            ).where((Job.id == job.id) & (Job.state == RUNNING)).execute()
+        job.state, job.next_attempt, job.attempts = PENDING, due, job.attempts - 1
+
     def retry_now(self, job_id: int) -> bool:
         """Make a pending, failed or done job due now.
 
@@ -250,6 +278,10 @@ class Jobs:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
             with connection():
                 handler.func(self.pacs, json.loads(job.payload))
+        except Postpone as later:
+            log.info("job %d (%s) postponed: %s", job.id, job.kind, later.reason)
+            self.postpone(job, later.seconds, later.reason)
+            return False
         except Exception as exc:  # noqa: BLE001 - a job failure is the handler's
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             log.warning(

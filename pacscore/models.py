@@ -106,6 +106,7 @@ class Instance(BaseModel):
     size = BigIntegerField()
     received_at = DateTimeField(default=utcnow)
     calling_ae = CharField(max_length=16, default="")
+    called_ae = CharField(max_length=16, default="")
 
 
 class Node(BaseModel):
@@ -120,6 +121,8 @@ class Node(BaseModel):
     allow_move = BooleanField(default=False)
     allow_get = BooleanField(default=False)
     allow_worklist = BooleanField(default=False)
+    # Transfer Syntax UID to send in when the node accepts it; "" sends as stored
+    preferred_transfer_syntax = CharField(max_length=64, default="")
 
     RIGHTS = ("store", "find", "move", "get", "worklist")
 
@@ -225,6 +228,28 @@ class Job(BaseModel):
         indexes = ((("state", "next_attempt"), False),)
 
 
+class RouterDelivery(BaseModel):
+    """One instance to deliver (or delivered) to a node by a router rule.
+
+    Written when a send is queued (``state`` ``queued``, ``job_id`` the send
+    job), marked ``sent`` once the node accepted it: a rule never sends the
+    same instance to the same node twice unless forced, a retried job sends
+    only what is still queued, and queued rows hold their study back from
+    automatic purge (``retention_holds``).
+    """
+
+    rule = CharField(max_length=128)
+    node = CharField(max_length=64)
+    sop_uid = CharField(max_length=64)
+    study_uid = CharField(max_length=64, index=True)
+    state = CharField(max_length=16, default="queued")
+    job_id = IntegerField(default=0, index=True)
+    updated = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("rule", "node", "sop_uid"), True),)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -254,6 +279,7 @@ ALL_MODELS = [
     Job,
     SchemaVersion,
     AppliedMigration,
+    RouterDelivery,
 ]
 
 
