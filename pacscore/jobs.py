@@ -87,6 +87,7 @@ class Jobs:
         # workers waiting for work; a generation counter so no wake-up is lost
         self._cond = threading.Condition()
         self._generation = 0
+        self._running = threading.local()
 
     # -- handlers ------------------------------------------------------------
 
@@ -270,9 +271,18 @@ class Jobs:
 
     # -- running ----------------------------------------------------------------
 
+    def current(self) -> Job | None:
+        """The job the calling thread is running (inside a handler), else ``None``.
+
+        A handler uses it to find the work recorded for its own job (its id),
+        for instance rows written with the id ``enqueue`` returned.
+        """
+        return getattr(self._running, "job", None)
+
     def run(self, job: Job, handler: JobHandler | None = None) -> bool:
         """Run a taken job with its handler, then complete or fail it; ``True`` if done."""
         handler = handler or self.handlers().get(job.kind)
+        self._running.job = job
         try:
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
@@ -289,6 +299,8 @@ class Jobs:
             )
             self.fail(job, detail)
             return False
+        finally:
+            self._running.job = None
         self.complete(job)
         return True
 

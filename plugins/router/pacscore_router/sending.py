@@ -192,14 +192,17 @@ def run_send(pacs: Pacs, payload: dict[str, Any]) -> None:
     if wait:
         raise Postpone(wait, f"outside the time window of rule {rule_name}")
     node = _node(node_name)
-    rows = list(
-        RouterDelivery.select().where(
-            (RouterDelivery.rule == rule_name)
-            & (RouterDelivery.node == node_name)
-            & (RouterDelivery.study_uid == study_uid)
-            & (RouterDelivery.state == QUEUED)
-        )
+    # only this job's rows: concurrent jobs of one study never send the same instance
+    wanted = (
+        (RouterDelivery.rule == rule_name)
+        & (RouterDelivery.node == node_name)
+        & (RouterDelivery.study_uid == study_uid)
+        & (RouterDelivery.state == QUEUED)
     )
+    job = pacs.jobs.current()
+    if job is not None:
+        wanted &= RouterDelivery.job_id == job.id
+    rows = list(RouterDelivery.select().where(wanted))
     if not rows:
         return
     instances = {
