@@ -1,0 +1,42 @@
+"""The router through the CLI of a real home: a node with a preferred transfer
+syntax, rules set and refused by ``pacscore plugins configure router``."""
+
+from __future__ import annotations
+
+import json
+
+from pacscore.app import Pacs
+from pacscore.config import Config
+from pacscore.models import Node, connection
+
+
+def test_node_preferred_ts_and_rules_through_the_cli(tmp_path):
+    from tests.conftest import PacsProcess
+
+    home = PacsProcess(tmp_path / "home", "sqlite:///index.db").init()
+    home.cli("node", "add", "dest", "--aet", "DEST", "--host", "127.0.0.1", "--port", "104",
+             "--preferred-ts", "ImplicitVRLittleEndian")  # fmt: skip
+    home.cli("node", "add", "raw", "--aet", "RAW", "--host", "127.0.0.1", "--port", "105",
+             "--preferred-ts", "1.2.840.10008.1.2.1")  # fmt: skip
+    bad = home.cli("node", "add", "x", "--aet", "X", "--host", "h", "--port", "1",
+                   "--preferred-ts", "JPEG 3000", check=False)  # fmt: skip
+    assert bad.returncode == 1 and "unknown transfer syntax 'JPEG 3000'" in bad.stderr
+
+    rules = [{"name": "to-dest", "actions": [{"type": "PUSH", "node": "dest"}]}]
+    shown = home.cli("plugins", "configure", "router", "--set", f"rules={json.dumps(rules)}")
+    assert json.loads(shown.stdout)["rules"][0]["actions"][0]["node"] == "dest"
+    wrong = [{"name": "r", "actions": [{"type": "PRE_FETCHING", "node": "dest",
+                                        "priors": "3 MG ; 2"}]}]  # fmt: skip
+    refused = home.cli(
+        "plugins", "configure", "router", "--set", f"rules={json.dumps(wrong)}", check=False
+    )
+    assert refused.returncode == 1
+    assert "expected a modality after the number at character 9" in refused.stderr
+
+    pacs = Pacs(Config.load(home.home))
+    try:
+        with connection():
+            preferred = {n.name: n.preferred_transfer_syntax for n in Node.select()}
+    finally:
+        pacs.database.close_all()
+    assert preferred == {"dest": "1.2.840.10008.1.2", "raw": "1.2.840.10008.1.2.1"}
