@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacscore.archive import read_dicom_file
-from pacscore.dicom import rawsend
+from pacscore.dicom import nodelay, rawsend
 from pacscore.models import Node
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -50,6 +50,9 @@ def describe(node: Node) -> str:
 
 
 def _ae(calling_aet: str, timeout: float) -> AE:
+    # the same extensions as the listener: no Nagle delay, stored bytes sent as they are
+    nodelay.install()
+    rawsend.install()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae
@@ -273,7 +276,6 @@ def store_files(
     when the association cannot be established; per-file refusals are in the
     report.  An association lost midway fails the files not yet sent.
     """
-    rawsend.install()
     report = StoreReport()
     if not files:
         return report
