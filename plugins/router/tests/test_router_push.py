@@ -35,7 +35,7 @@ def job_row(job_id: int) -> Job:
         return Job.get_by_id(job_id)
 
 
-def test_push_delivers_the_study_byte_identically_once(router_pacs, storescp, tmp_path, db_url):
+def test_push_delivers_the_study_byte_identically_once(db_url, router_pacs, storescp, tmp_path):
     dest = storescp()
     router = router_pacs(db_url)
     router.add_node("dest", DEST_AET, dest.port)
