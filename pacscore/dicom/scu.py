@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
@@ -227,6 +228,44 @@ def _convertible(stored: str, target: str) -> bool:
     )
 
 
+def _codec_available(getter, transfer_syntax: str) -> bool:
+    try:
+        return bool(getter(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def can_produce(stored: str, target: str) -> bool:
+    """Can a file stored in ``stored`` be sent in ``target``?
+
+    Without touching pixel data between uncompressed little endian syntaxes;
+    otherwise by decoding (when a pydicom pixel decoder for ``stored`` is
+    installed, e.g. pylibjpeg-libjpeg for JPEG) and encoding (when an encoder
+    for ``target`` is: RLE Lossless, JPEG 2000 with pylibjpeg-openjpeg).
+    """
+    if _convertible(stored, target):
+        return True
+    stored_uid, target_uid = UID(stored), UID(target)
+    if not target_uid.is_transfer_syntax or not target_uid.is_little_endian:
+        return False
+    if stored_uid.is_compressed and not _codec_available(get_decoder, stored):
+        return False
+    return not target_uid.is_compressed or _codec_available(get_encoder, target)
+
+
+def transcoded(data: bytes, stored: str, target: str, sop_class: str, sop_uid: str) -> Dataset:
+    """The data set decoded and re-encoded in ``target`` (same SOP Instance UID)."""
+    dataset = rawsend.StoredFileDataset(data, stored, sop_class, sop_uid)._decoded()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = stored
+    if UID(stored).is_compressed:
+        dataset.decompress(generate_instance_uid=False)
+    if UID(target).is_compressed:
+        dataset.compress(target, generate_instance_uid=False)
+    dataset.file_meta.TransferSyntaxUID = target
+    return dataset
+
+
 def store_contexts(files: Iterable[StoredFile], preferred: str = "") -> list:
     """Per SOP class: the stored syntaxes, the node's preferred one when we can produce
     it, and both little endian syntaxes as a fallback."""
@@ -236,7 +275,7 @@ def store_contexts(files: Iterable[StoredFile], preferred: str = "") -> list:
     contexts = []
     for sop_class, stored in sorted(syntaxes.items()):
         offered = set(stored)
-        if preferred and any(_convertible(ts, preferred) for ts in stored):
+        if preferred and any(can_produce(ts, preferred) for ts in stored):
             offered.add(preferred)
         contexts += [build_context(sop_class, [ts]) for ts in sorted(offered)]
         # always offered: a conversion that is impossible is then reported per file
@@ -245,20 +284,46 @@ def store_contexts(files: Iterable[StoredFile], preferred: str = "") -> list:
     return contexts[:MAX_CONTEXTS]
 
 
-def choose_syntax(item: StoredFile, accepted: set[tuple[str, str]], preferred: str = "") -> str:
-    """The transfer syntax to send ``item`` in, or raise ScuError saying why none works."""
+def choose_syntaxes(
+    item: StoredFile, accepted: set[tuple[str, str]], preferred: str = ""
+) -> list[str]:
+    """The syntaxes to try for ``item``, best first, or raise ScuError saying why none works.
+
+    The node's preferred syntax, then the stored one (sent byte for byte),
+    then an uncompressed one; each only if the node accepted it and we can
+    produce it.
+    """
     candidates = ([preferred] if preferred else []) + [item.transfer_syntax, *UNCOMPRESSED]
-    for target in candidates:
-        if (item.sop_class_uid, target) in accepted and _convertible(item.transfer_syntax, target):
-            return target
+    usable = [
+        target
+        for target in dict.fromkeys(candidates)
+        if (item.sop_class_uid, target) in accepted and can_produce(item.transfer_syntax, target)
+    ]
+    if usable:
+        return usable
     offered = sorted(UID(ts).name for sop, ts in accepted if sop == item.sop_class_uid)
     stored = UID(item.transfer_syntax).name
     if not offered:
         raise ScuError(f"the node accepts no transfer syntax for {UID(item.sop_class_uid).name}")
     raise ScuError(
         f"cannot convert {stored} to a syntax the node accepts ({', '.join(offered)}): "
-        "pacscore converts only between uncompressed syntaxes"
+        f"no pixel data decoder for {stored} is installed"
     )
+
+
+def _prepared(item: StoredFile, data: bytes, stored: str, targets: list[str]) -> Dataset:
+    """The data set to send: as stored when possible, else the first conversion that works."""
+    errors = []
+    for target in targets:
+        if _convertible(stored, target):
+            return rawsend.StoredFileDataset(
+                data, stored, item.sop_class_uid, item.sop_uid
+            ).send_as(target)
+        try:
+            return transcoded(data, stored, target, item.sop_class_uid, item.sop_uid)
+        except Exception as exc:  # noqa: BLE001 - codecs raise anything on odd data
+            errors.append(f"to {UID(target).name}: {exc}")
+    raise ScuError(f"cannot convert {UID(stored).name} " + "; ".join(errors))
 
 
 def store_files(
@@ -271,8 +336,9 @@ def store_files(
     """C-STORE archived files to ``node`` on one association, as stored when possible.
 
     Each file goes in the node's ``preferred_transfer_syntax`` when the node
-    accepts it and it can be produced, else in its stored syntax (byte for
-    byte), else in an uncompressed syntax the node accepts.  Raises ScuError
+    accepts it and it can be produced (see :func:`can_produce`), else in its
+    stored syntax (byte for byte), else in an uncompressed syntax the node
+    accepts (decoded when stored compressed).  Raises ScuError
     when the association cannot be established; per-file refusals are in the
     report.  An association lost midway fails the files not yet sent.
     """
@@ -290,14 +356,14 @@ def store_files(
                 report.failed[item.sop_uid] = f"association with {describe(node)} was lost"
                 continue
             try:
-                target = choose_syntax(item, accepted, preferred)
                 data, stored_syntax = read_dicom_file(item.path)
+                item.transfer_syntax = stored_syntax
+                dataset = _prepared(
+                    item, data, stored_syntax, choose_syntaxes(item, accepted, preferred)
+                )
             except (ScuError, OSError, ValueError) as exc:
                 report.failed[item.sop_uid] = str(exc)
                 continue
-            dataset = rawsend.StoredFileDataset(
-                data, stored_syntax, item.sop_class_uid, item.sop_uid
-            ).send_as(target)
             answer = assoc.send_c_store(dataset)
             code = answer.get("Status") if answer else None
             if code in STORED_STATUSES:

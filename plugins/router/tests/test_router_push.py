@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pacscore_router import rules as router_rules
 from pydicom import dcmread
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from router_fixtures import DEST_AET, make_study, wait_until
 
 from pacscore.models import Job, connection, utcnow
@@ -187,14 +187,67 @@ def test_preferred_transfer_syntax_and_impossible_conversion(router_pacs, stores
     wait_until(lambda: router.deliveries("sent"), what="the transcoded instance")
     assert dcmread(dest.files()[0]).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
 
-    # storescp accepts uncompressed syntaxes only: a JPEG Baseline file cannot go
-    jpeg = next(p for p in pydicom_test_files() if p.name == "SC_rgb_dcmtk_+eb+cy+n1.dcm")
-    router.store(jpeg)
+    # storescp accepts uncompressed syntaxes only: an MPEG-2 video cannot be decoded here
+    router.store(mpeg2_instance(tmp_path / "video"))
     job = wait_until(
         lambda: next((j for j in router.jobs() if j.last_error), None), what="the failed send"
     )
-    assert "cannot convert JPEG Baseline (Process 1) to a syntax the node accepts" in job.last_error
+    assert (
+        "cannot convert MPEG2 Main Profile / Main Level to a syntax the node accepts"
+        in job.last_error
+    )
+    assert "no pixel data decoder for MPEG2 Main Profile / Main Level" in job.last_error
     assert job.state == "pending" and len(dest.files()) == 1
+
+
+def test_compressed_instances_are_decoded_or_encoded_for_the_node(router_pacs, storescp, tmp_path):
+    plain = storescp("plain")  # uncompressed syntaxes only
+    any_syntax = storescp("any", aet="ANY", extra=("+xa",))
+    router = router_pacs()
+    router.add_node("plain", DEST_AET, plain.port)
+    router.add_node("rle", "ANY", any_syntax.port, preferred_transfer_syntax=RLELossless)
+    router.configure(
+        rules=[
+            push_rule(
+                "jpeg", node="plain", action={"per_instance": True}, filters={"modality": "OT"}
+            ),
+            push_rule("ct", node="rle", action={"per_instance": True}, filters={"modality": "CT"}),
+        ]
+    )
+    router.start()
+    jpeg = next(p for p in pydicom_test_files() if p.name == "SC_rgb_dcmtk_+eb+cy+n1.dcm")
+    ct = make_study(tmp_path / "in", 1, rows=32, columns=32)[0]
+    router.store(jpeg)
+    router.store(ct)
+    wait_until(lambda: len(router.deliveries("sent")) == 2, what="both sends")
+
+    # JPEG Baseline decoded for a node that takes only uncompressed data
+    received = dcmread(plain.files()[0])
+    assert received.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    expected = dcmread(jpeg)
+    expected.decompress(generate_instance_uid=False)
+    assert received.PixelData == expected.PixelData
+    assert received.SOPInstanceUID == expected.SOPInstanceUID
+    # a CT stored uncompressed, sent RLE Lossless as the node prefers, pixels unchanged
+    received = dcmread(any_syntax.files()[0])
+    assert received.file_meta.TransferSyntaxUID == RLELossless
+    # (the test image has values beyond Bits Stored: compare the stored bits)
+    assert (received.pixel_array == dcmread(ct).pixel_array).all()
+
+
+def mpeg2_instance(folder: Path) -> Path:
+    """A small instance claiming MPEG-2 video: nothing here can decode it."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    path = make_study(folder, 1)[0]
+    ds = dcmread(path)
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(60)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def test_rules_are_validated_when_saved(router_pacs):
