@@ -20,7 +20,7 @@ from pacscore.jobs import JobHandler
 from pacscore.models import Instance, Series, Study, connection
 from pacscore_router import sending
 from pacscore_router.matching import Subject, parse_tag
-from pacscore_router.rules import list_rules, rule_matches
+from pacscore_router.rules import ordered, rule_matches
 from pacscore_router.settings import (
     AUTO_FETCHING,
     PLUGIN_NAME,
@@ -74,10 +74,10 @@ def _from_remote_archive(pacs, settings: dict, calling_ae: str) -> bool:
     return any(node.name == name for node in pacs.nodes.by_aet(calling_ae))
 
 
-def _rules_with(pacs, wanted) -> list[tuple[dict, list[dict]]]:
-    """Enabled rules with their actions that ``wanted(action)`` selects."""
+def _rules_with(settings: dict, wanted) -> list[tuple[dict, list[dict]]]:
+    """Enabled rules, in order, with their actions that ``wanted(action)`` selects."""
     selected = []
-    for rule in list_rules(pacs):
+    for rule in ordered(settings["rules"]):
         actions = [a for a in rule["actions"] if wanted(a)]
         if rule["enabled"] and actions:
             selected.append((rule, actions))
@@ -86,8 +86,8 @@ def _rules_with(pacs, wanted) -> list[tuple[dict, list[dict]]]:
 
 @hookimpl
 def on_store(pacs, instance):
-    rules = _rules_with(pacs, lambda a: a["type"] == PUSH and a["per_instance"])
     settings = pacs.plugin_settings(PLUGIN_NAME)
+    rules = _rules_with(settings, lambda a: a["type"] == PUSH and a["per_instance"])
     if not rules or _from_remote_archive(pacs, settings, instance.calling_ae):
         return
     subject = _file_subject(
@@ -102,15 +102,14 @@ def on_store(pacs, instance):
 
 
 def _study_subject(pacs, study_uid: str) -> tuple[Subject, Study] | None:
+    """What a study is matched on: its first instance, modalities and AE titles."""
     with connection():
         study = Study.get_or_none(Study.study_uid == study_uid)
+        if study is None:
+            return None
         first = (
-            (
-                Instance.select().join(Series).where(Series.study == study.id).order_by(Instance.id)
-            ).first()
-            if study
-            else None
-        )
+            Instance.select().join(Series).where(Series.study == study.id).order_by(Instance.id)
+        ).first()
     if first is None:
         return None
     modalities = {m for m in study.modalities.split("\\") if m}
@@ -118,18 +117,24 @@ def _study_subject(pacs, study_uid: str) -> tuple[Subject, Study] | None:
     return _file_subject(path, first.calling_ae, first.called_ae, modalities), study
 
 
+def _study_action(action: dict) -> bool:
+    """Actions fired when a study is stable: PUSH per study and AUTO FETCHING."""
+    if action["type"] == PUSH:
+        return not action["per_instance"]
+    return action["type"] == AUTO_FETCHING
+
+
 @hookimpl
 def on_study_stable(pacs, study_uid, patient_id):
-    rules = _rules_with(
-        pacs, lambda a: (a["type"] == PUSH and not a["per_instance"]) or a["type"] == AUTO_FETCHING
-    )
+    settings = pacs.plugin_settings(PLUGIN_NAME)
+    rules = _rules_with(settings, _study_action)
     if not rules:
         return
     found = _study_subject(pacs, study_uid)
     if found is None:
         return
     subject, study = found
-    if _from_remote_archive(pacs, pacs.plugin_settings(PLUGIN_NAME), subject.calling_ae):
+    if _from_remote_archive(pacs, settings, subject.calling_ae):
         return
     for rule, actions in rules:
         if not rule_matches(rule, subject):
@@ -145,7 +150,7 @@ def on_study_stable(pacs, study_uid, patient_id):
 def on_worklist_change(pacs, before, after):
     if before is not None or not after:
         return  # PRE FETCHING acts when an entry is created
-    rules = _rules_with(pacs, lambda a: a["type"] == PRE_FETCHING)
+    rules = _rules_with(pacs.plugin_settings(PLUGIN_NAME), lambda a: a["type"] == PRE_FETCHING)
     if not rules:
         return
     entry = worklist_subject(after)

@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from pacscore.app import Pacs
 
 
-def list_rules(pacs: Pacs) -> list[dict[str, Any]]:
-    """The rules in the order they are applied (increasing priority, then name)."""
-    rules = pacs.plugin_settings(PLUGIN_NAME)["rules"]
+def ordered(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rules in the order they are applied: increasing priority, then name."""
     return sorted(rules, key=lambda rule: (rule["priority"], rule["name"]))
+
+
+def list_rules(pacs: Pacs) -> list[dict[str, Any]]:
+    return ordered(pacs.plugin_settings(PLUGIN_NAME)["rules"])
 
 
 def get_rule(pacs: Pacs, name: str) -> dict[str, Any] | None:
