@@ -22,6 +22,10 @@ def test_node_preferred_ts_and_rules_through_the_cli(tmp_path):
                    "--preferred-ts", "JPEG 3000", check=False)  # fmt: skip
     assert bad.returncode == 1 and "unknown transfer syntax 'JPEG 3000'" in bad.stderr
 
+    listing = home.cli("plugins", "list").stdout
+    assert any(line.split("\t")[0] == "router" and line.endswith("loaded")
+               for line in listing.splitlines()), listing  # fmt: skip
+
     rules = [{"name": "to-dest", "actions": [{"type": "PUSH", "node": "dest"}]}]
     shown = home.cli("plugins", "configure", "router", "--set", f"rules={json.dumps(rules)}")
     assert json.loads(shown.stdout)["rules"][0]["actions"][0]["node"] == "dest"

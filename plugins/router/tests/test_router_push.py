@@ -284,3 +284,39 @@ def test_rules_are_validated_when_saved(router_pacs):
         assert router_rules.delete_rule(router.pacs, "first")
         assert not router_rules.delete_rule(router.pacs, "first")
         assert [r["name"] for r in router_rules.list_rules(router.pacs)] == ["second"]
+
+
+def test_a_failed_send_holds_its_study_until_the_job_is_deleted(router_pacs, tmp_path):
+    router = router_pacs()
+    router.add_node("dest", DEST_AET, 9)  # nothing listens there
+    router.configure(rules=[push_rule()], retry_schedule=[])  # the first failure is final
+    files = make_study(tmp_path / "in", 2)
+    for path in files:
+        router.store(path)
+    study_uid = _study_uid(files[0])
+    pacs = router.pacs
+    with connection():
+        pacs.hooks.call_each(
+            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        )
+    job = pacs.jobs.take(["router.send"], "test")
+    assert pacs.jobs.run(job) is False
+    assert job_row(job.id).state == "failed"
+    holds = pacs.hooks.call_each("retention_holds", pacs=pacs, study_uids=[study_uid])
+    assert holds == [{study_uid: f"router: send to dest is failed (job {job.id})"}]
+
+    # the study stable again: the failed job already carries it, nothing new is queued
+    with connection():
+        pacs.hooks.call_each(
+            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        )
+    assert len(router.jobs()) == 1
+    # the administrator deletes the failed job: the study is released, a new event queues again
+    assert pacs.jobs.delete(job.id)
+    assert pacs.hooks.call_each("retention_holds", pacs=pacs, study_uids=[study_uid]) == []
+    with connection():
+        pacs.hooks.call_each(
+            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        )
+    assert [j.state for j in router.jobs()] == ["pending"]
+    assert {d.state for d in router.deliveries()} == {"queued"}
