@@ -193,9 +193,12 @@ def cmd_node_list(args) -> int:
         print("no node declared")
     for node in nodes:
         state = "" if node.enabled else " (disabled)"
+        preferred = (
+            f"\tts={node.preferred_transfer_syntax}" if node.preferred_transfer_syntax else ""
+        )
         print(
             f"{node.name}\t{node.aet}\t{node.host}:{node.port}\t"
-            f"allow={','.join(node.rights()) or '-'}{state}"
+            f"allow={','.join(node.rights()) or '-'}{state}{preferred}"
         )
     return 0
 

@@ -26,6 +26,9 @@ def test_node_preferred_ts_and_rules_through_the_cli(tmp_path):
     assert any(line.split("\t")[0] == "router" and line.endswith("loaded")
                for line in listing.splitlines()), listing  # fmt: skip
 
+    nodes = home.cli("node", "list").stdout.splitlines()
+    assert nodes[0] == "dest\tDEST\t127.0.0.1:104\tallow=store\tts=1.2.840.10008.1.2"
+
     rules = [{"name": "to-dest", "actions": [{"type": "PUSH", "node": "dest"}]}]
     shown = home.cli("plugins", "configure", "router", "--set", f"rules={json.dumps(rules)}")
     assert json.loads(shown.stdout)["rules"][0]["actions"][0]["node"] == "dest"
