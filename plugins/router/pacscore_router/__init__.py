@@ -142,7 +142,7 @@ def on_study_stable(pacs, study_uid, patient_id):
         for action in actions:
             if action["type"] == PUSH:
                 sending.queue_study(pacs, rule, action["node"], study_uid)
-            else:
+            elif patient_id:  # without one, "the patient's studies" would be anybody's
                 sending.queue_priors(pacs, rule, action, patient_id, study_uid, study.study_date)
 
 
