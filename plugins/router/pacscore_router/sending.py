@@ -200,8 +200,9 @@ def run_send(pacs: Pacs, payload: dict[str, Any]) -> None:
         & (RouterDelivery.state == QUEUED)
     )
     job = pacs.jobs.current()
-    if job is not None:
-        wanted &= RouterDelivery.job_id == job.id
+    job_id = job.id if job is not None else None
+    if job_id is not None:
+        wanted &= RouterDelivery.job_id == job_id
     rows = list(RouterDelivery.select().where(wanted))
     if not rows:
         return
@@ -215,13 +216,13 @@ def run_send(pacs: Pacs, payload: dict[str, Any]) -> None:
         log.warning(
             "router: %d instance(s) of %s left the archive before sending", len(gone), study_uid
         )
-        _mark(rule_name, node_name, gone, MISSING)
+        _mark(rule_name, node_name, gone, MISSING, job_id)
     files = [
         StoredFile(pacs.archive.path_of(i), i.sop_class_uid, i.sop_uid, i.transfer_syntax)
         for i in instances.values()
     ]
     report = store_files(node, pacs.config.aet, files)
-    _mark(rule_name, node_name, report.sent, SENT)
+    _mark(rule_name, node_name, report.sent, SENT, job_id)
     if report.failed:
         first = next(iter(report.failed.items()))
         raise ScuError(
@@ -230,14 +231,18 @@ def run_send(pacs: Pacs, payload: dict[str, Any]) -> None:
         )
 
 
-def _mark(rule: str, node: str, sop_uids: list[str], state: str) -> None:
+def _mark(rule: str, node: str, sop_uids: list[str], state: str, job_id: int | None) -> None:
+    """Record the outcome; rows re-queued meanwhile for another job (a forced resend) stay."""
     now = utcnow()
     for chunk in _chunks(sop_uids):
-        RouterDelivery.update(state=state, updated=now).where(
+        condition = (
             (RouterDelivery.rule == rule)
             & (RouterDelivery.node == node)
             & RouterDelivery.sop_uid.in_(chunk)
-        ).execute()
+        )
+        if job_id is not None:
+            condition &= RouterDelivery.job_id == job_id
+        RouterDelivery.update(state=state, updated=now).where(condition).execute()
 
 
 # -- priors -------------------------------------------------------------------------------
