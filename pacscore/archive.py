@@ -71,6 +71,7 @@ class StoredInstance:
     size: int
     calling_ae: str
     received_at: str
+    called_ae: str = ""
 
 
 @dataclass
@@ -270,6 +271,7 @@ class Archive:
                 size=incoming.size,
                 received_at=now,
                 calling_ae=incoming.calling_ae[:16],
+                called_ae=incoming.called_ae[:16],
             ).execute()
             Series.update(
                 num_instances=Series.num_instances + 1,
@@ -301,6 +303,7 @@ class Archive:
                 size=incoming.size,
                 calling_ae=incoming.calling_ae,
                 received_at=now.isoformat(),
+                called_ae=incoming.called_ae,
             )
             self.pacs.outbox.enqueue("on_store", instance=stored)
         return stored

@@ -168,6 +168,7 @@ def cmd_node_add(args) -> int:
         raise CommandError(f"invalid port {args.port}")
     if not 0 < len(args.aet) <= 16:
         raise CommandError("an AE title has 1 to 16 characters")
+    preferred_ts = _transfer_syntax(args.preferred_ts)
     _open(args, load_plugins=False)
     with connection():
         if Node.select().where(Node.name == args.name).exists():
@@ -177,10 +178,24 @@ def cmd_node_add(args) -> int:
             aet=args.aet,
             host=args.host,
             port=args.port,
+            preferred_transfer_syntax=preferred_ts,
             **{f"allow_{r}": r in rights for r in Node.RIGHTS},
         )
     print(f"node {args.name} added ({args.aet}@{args.host}:{args.port})")
     return 0
+
+
+def _transfer_syntax(text: str) -> str:
+    """A Transfer Syntax UID given by UID or by name (case-insensitive), or ""."""
+    from pydicom.uid import UID, AllTransferSyntaxes
+
+    text = (text or "").strip()
+    if not text:
+        return ""
+    for uid in AllTransferSyntaxes:
+        if text == uid or text.lower() in (UID(uid).name.lower(), UID(uid).keyword.lower()):
+            return str(uid)
+    raise CommandError(f"unknown transfer syntax {text!r}: give its UID or its name")
 
 
 def cmd_node_list(args) -> int:
@@ -191,9 +206,12 @@ def cmd_node_list(args) -> int:
         print("no node declared")
     for node in nodes:
         state = "" if node.enabled else " (disabled)"
+        preferred = (
+            f"\tts={node.preferred_transfer_syntax}" if node.preferred_transfer_syntax else ""
+        )
         print(
             f"{node.name}\t{node.aet}\t{node.host}:{node.port}\t"
-            f"allow={','.join(node.rights()) or '-'}{state}"
+            f"allow={','.join(node.rights()) or '-'}{state}{preferred}"
         )
     return 0
 
@@ -567,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow",
         default="store",
         help=f"comma-separated rights among {','.join(Node.RIGHTS)} (default store)",
+    )
+    p.add_argument(
+        "--preferred-ts",
+        default="",
+        metavar="UID",
+        help="transfer syntax to send in when the node accepts it (UID or name, e.g. "
+        "ExplicitVRLittleEndian); default: as stored",
     )
     p.set_defaults(func=cmd_node_add)
     node.add_parser("list", help="list nodes").set_defaults(func=cmd_node_list)

@@ -51,6 +51,20 @@ class PermanentJobError(Exception):
     it another attempt once an administrator has fixed the cause."""
 
 
+class Postpone(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler to run the job again later without failing it.
+
+    The job goes back to ``pending`` due in ``seconds``; the attempt is not
+    counted against the retry schedule and ``reason`` is kept as its last
+    error (for instance "outside the routing window until 20:00").
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason)
+        self.seconds = max(0.0, seconds)
+        self.reason = reason
+
+
 @dataclass
 class JobHandler:
     """How to run the jobs of one kind.
@@ -82,6 +96,7 @@ class Jobs:
         # workers waiting for work; a generation counter so no wake-up is lost
         self._cond = threading.Condition()
         self._generation = 0
+        self._running = threading.local()
 
     # -- handlers ------------------------------------------------------------
 
@@ -197,6 +212,20 @@ class Jobs:
         job.last_error = changes[Job.last_error]
         job.next_attempt = changes.get(Job.next_attempt, job.next_attempt)
 
+    def postpone(self, job: Job, seconds: float, reason: str = "") -> None:
+        """Put a taken job back to pending, due in ``seconds``, without counting the attempt."""
+        now = utcnow()
+        due = now + timedelta(seconds=seconds)
+        with connection():
+            Job.update(
+                state=PENDING,
+                next_attempt=due,
+                attempts=Job.attempts - 1,
+                last_error=reason[-MAX_ERROR_CHARS:],
+                updated=now,
+            ).where((Job.id == job.id) & (Job.state == RUNNING)).execute()
+        job.state, job.next_attempt, job.attempts = PENDING, due, job.attempts - 1
+
     def retry_now(self, job_id: int) -> bool:
         """Make a pending, failed or done job due now.
 
@@ -251,14 +280,27 @@ class Jobs:
 
     # -- running ----------------------------------------------------------------
 
+    def current(self) -> Job | None:
+        """The job the calling thread is running (inside a handler), else ``None``.
+
+        A handler uses it to find the work recorded for its own job (its id),
+        for instance rows written with the id ``enqueue`` returned.
+        """
+        return getattr(self._running, "job", None)
+
     def run(self, job: Job, handler: JobHandler | None = None) -> bool:
         """Run a taken job with its handler, then complete or fail it; ``True`` if done."""
         handler = handler or self.handlers().get(job.kind)
+        self._running.job = job
         try:
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
             with connection():
                 handler.func(self.pacs, json.loads(job.payload))
+        except Postpone as later:
+            log.info("job %d (%s) postponed: %s", job.id, job.kind, later.reason)
+            self.postpone(job, later.seconds, later.reason)
+            return False
         except Exception as exc:  # noqa: BLE001 - a job failure is the handler's
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             permanent = isinstance(exc, PermanentJobError)
@@ -272,6 +314,8 @@ class Jobs:
             )
             self.fail(job, detail, permanent=permanent)
             return False
+        finally:
+            self._running.job = None
         self.complete(job)
         return True
 

@@ -106,6 +106,7 @@ class Instance(BaseModel):
     size = BigIntegerField()
     received_at = DateTimeField(default=utcnow)
     calling_ae = CharField(max_length=16, default="")
+    called_ae = CharField(max_length=16, default="")
 
 
 class Node(BaseModel):
@@ -122,6 +123,8 @@ class Node(BaseModel):
     allow_worklist = BooleanField(default=False)
     # Modality Worklist: this station sees only the steps scheduled for its AE title
     worklist_own_steps_only = BooleanField(default=False)
+    # Transfer Syntax UID to send in when the node accepts it; "" sends as stored
+    preferred_transfer_syntax = CharField(max_length=64, default="")
 
     RIGHTS = ("store", "find", "move", "get", "worklist")
 
@@ -329,6 +332,28 @@ class Hl7Message(BaseModel):
     replay_of = IntegerField(null=True)
 
 
+class RouterDelivery(BaseModel):
+    """One instance to deliver (or delivered) to a node by a router rule.
+
+    Written when a send is queued (``state`` ``queued``, ``job_id`` the send
+    job), marked ``sent`` once the node accepted it: a rule never sends the
+    same instance to the same node twice unless forced, a retried job sends
+    only what is still queued, and queued rows hold their study back from
+    automatic purge (``retention_holds``).
+    """
+
+    rule = CharField(max_length=128)
+    node = CharField(max_length=64)
+    sop_uid = CharField(max_length=64)
+    study_uid = CharField(max_length=64, index=True)
+    state = CharField(max_length=16, default="queued")
+    job_id = IntegerField(default=0, index=True)
+    updated = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("rule", "node", "sop_uid"), True),)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
 
@@ -405,6 +430,7 @@ ALL_MODELS = [
     MailAlertSent,
     ApicryptIdentity,
     ApicryptCertificate,
+    RouterDelivery,
 ]
 
 

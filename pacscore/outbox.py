@@ -94,7 +94,10 @@ class Outbox:
         quiet = timedelta(seconds=self.pacs.settings.core["study_stable_seconds"])
         fired = 0
         with connection():
-            studies = (
+            # a list, not a lazy cursor: on SQLite an open read statement keeps an old
+            # snapshot, and the writes below (and the hooks') could not commit after
+            # another thread's write
+            studies = list(
                 Study.select(Study, Patient.patient_id)
                 .join(Patient)
                 .where(~Study.stable & (Study.last_received < utcnow() - quiet))

@@ -5,7 +5,9 @@ handler and re-encodes it, which drops trailing padding and normalises
 some encodings.  :class:`StoredFileDataset` carries the data set bytes read
 from disk; the patched ``encode`` returns them unchanged whenever the
 negotiated transfer syntax has the stored encoding, and decodes/re-encodes
-only when the peer asked for another uncompressed syntax.
+only when the peer asked for another uncompressed syntax.  ``send_as``
+steers pynetdicom's choice of presentation context (it prefers an exact
+match of the data set's transfer syntax) while keeping the stored bytes.
 """
 
 from __future__ import annotations
@@ -29,16 +31,22 @@ class StoredFileDataset(Dataset):
         self.file_meta = FileMetaDataset()
         self.file_meta.TransferSyntaxUID = transfer_syntax
         self._stored_bytes = data
+        self._stored_syntax = transfer_syntax
+
+    def send_as(self, transfer_syntax: str) -> StoredFileDataset:
+        """Ask for ``transfer_syntax`` (an uncompressed one, or the stored one)."""
+        self.file_meta.TransferSyntaxUID = transfer_syntax
+        return self
 
     def _decoded(self) -> Dataset:
-        ts = UID(self.file_meta.TransferSyntaxUID)
+        ts = UID(self._stored_syntax)
         data = self._stored_bytes
         if ts.is_deflated:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
         return read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
 
     def encoded_as(self, implicit_vr: bool, little_endian: bool, deflated: bool) -> bytes | None:
-        ts = UID(self.file_meta.TransferSyntaxUID)
+        ts = UID(self._stored_syntax)
         if (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated) == (
             implicit_vr,
             little_endian,
