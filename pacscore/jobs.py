@@ -8,10 +8,12 @@ kind; a thread takes one due job of its kind at a time, atomically (``SELECT
 ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE transaction on
 SQLite), so that two workers, in one process or in several, never run the
 same job.  A failed job is retried after the delays of its kind's retry
-schedule, then marked ``failed``.  A job left ``running`` by a process that
-died is taken again at the next start (:meth:`Jobs.requeue_running`): handlers
-must be idempotent.  A handler that knows retrying cannot help (a mail
-server refusing a recipient for good, a missing certificate) raises
+schedule, then marked ``failed``.  A running job is leased: its worker's
+process renews it every 30 s, and a job whose lease expired (two minutes) or
+whose process of this host has died is taken again (:meth:`Jobs.requeue_orphans`),
+so several servers may share one database.  Handlers must be idempotent.  A
+handler that knows retrying cannot help (a mail server refusing a recipient
+for good, a missing certificate) raises
 :class:`PermanentJobError`: the job is ``failed`` at once.
 """
 
@@ -40,6 +42,8 @@ STATES = (PENDING, RUNNING, DONE, FAILED)
 
 # seconds to wait after the 1st, 2nd, ... failure; failed after the last one
 DEFAULT_RETRY_SCHEDULE = [3600, 86400, 172800, 604800]
+# a running job whose worker has not renewed it for this long is taken again
+LEASE_SECONDS = 120
 
 MAX_ERROR_CHARS = 4000
 
@@ -79,6 +83,21 @@ class JobHandler:
     concurrency: int = 1
     retry_schedule: list[int] | None = None
     plugin: str = ""
+
+
+def _dead_local(taken_by: str) -> bool:
+    """Whether ``host:pid[:...]`` names a process of this host that no longer exists."""
+    host, _, rest = taken_by.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def worker_name(suffix: str = "") -> str:
@@ -248,23 +267,41 @@ class Jobs:
         with connection():
             return bool(Job.delete().where(Job.id == job_id).execute())
 
-    def requeue_running(self) -> int:
-        """Make the jobs left running by a dead process pending again (server start).
+    def requeue_orphans(self, lease_seconds: float = LEASE_SECONDS) -> int:
+        """Make pending again the running jobs whose worker is gone; return how many.
 
-        Call it only when no worker of any process runs on the database; the
-        attempt that was interrupted still counts.
+        A job is orphaned when it was taken by a process of this host that no
+        longer exists (found at once, at server start), or when its worker
+        has not renewed it (:meth:`renew`) for ``lease_seconds``: a worker on
+        another host that died, or a host renamed.  Several servers may share
+        a database: a live worker's jobs are never taken from it.  The
+        interrupted attempt still counts.
         """
         now = utcnow()
         with connection():
-            count = (
-                Job.update(state=PENDING, next_attempt=now, updated=now)
-                .where(Job.state == RUNNING)
-                .execute()
-            )
+            running = Job.select(Job.id, Job.taken_by, Job.updated).where(Job.state == RUNNING)
+            stale = now - timedelta(seconds=lease_seconds)
+            orphans = [j.id for j in running if j.updated < stale or _dead_local(j.taken_by)]
+            count = 0
+            if orphans:
+                count = (
+                    Job.update(state=PENDING, next_attempt=now, updated=now)
+                    .where(Job.id.in_(orphans), Job.state == RUNNING)
+                    .execute()
+                )
         if count:
             log.warning("%d job(s) left running by a stopped process were requeued", count)
             self.wake()
         return count
+
+    def renew(self, worker_prefix: str) -> int:
+        """Renew the lease of the running jobs of the workers named ``worker_prefix*``."""
+        with connection():
+            return (
+                Job.update(updated=utcnow())
+                .where(Job.state == RUNNING, Job.taken_by.startswith(worker_prefix))
+                .execute()
+            )
 
     def get(self, job_id: int) -> Job | None:
         with connection():
@@ -346,6 +383,9 @@ class JobWorkers:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        heartbeat = threading.Thread(target=self._heartbeat, name="pacscore-job-lease", daemon=True)
+        heartbeat.start()
+        self.threads.append(heartbeat)
         handlers = self.pacs.jobs.collect_handlers()
         for kind, handler in sorted(handlers.items()):
             for number in range(max(1, handler.concurrency)):
@@ -366,6 +406,16 @@ class JobWorkers:
         for thread in self.threads:
             thread.join(timeout=timeout)
         self.threads = []
+
+    def _heartbeat(self) -> None:
+        """Renew this process's leases; requeue other workers' expired ones."""
+        jobs = self.pacs.jobs
+        while not self._stop_event.wait(LEASE_SECONDS / 4):
+            try:
+                jobs.renew(worker_name() + ":")
+                jobs.requeue_orphans()
+            except Exception:  # noqa: BLE001 - retried at the next beat
+                log.exception("renewing job leases failed")
 
     def _loop(self, kind: str, handler: JobHandler, worker: str) -> None:
         jobs = self.pacs.jobs

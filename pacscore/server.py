@@ -78,8 +78,8 @@ def serve(pacs, log_level: str = "INFO") -> None:
     dispatcher = Dispatcher(pacs)
     dispatcher.start()
     with connection():
-        # only one server runs on a home: a running job belongs to a dead process
-        pacs.jobs.requeue_running()
+        # jobs a crashed process of this host left running (other servers' are leased)
+        pacs.jobs.requeue_orphans()
         workers = JobWorkers(pacs)
         workers.start()
     scheduler = Scheduler(pacs)

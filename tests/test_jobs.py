@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import socket
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -184,20 +187,45 @@ def test_delete(make_pacs):
     assert pacs.jobs.list() == []
 
 
-def test_requeue_running_takes_a_dead_process_job_again(make_pacs):
+def dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_job_left_running_by_a_dead_local_process_is_taken_again(make_pacs):
     pacs = make_pacs(Handlers())
     job_id = pacs.jobs.enqueue("work", {"n": 1})
     other_id = pacs.jobs.enqueue("work", {"n": 2}, delay=3600)
-    assert pacs.jobs.take(["work"], "dead-host:1234").id == job_id
+    alive_id = pacs.jobs.enqueue("work", {"n": 3})
+    host = socket.gethostname()
+    assert pacs.jobs.take(["work"], f"{host}:{dead_pid()}:work-0").id == job_id
+    # a live worker of this host, and one of another host (within its lease)
+    assert pacs.jobs.take(["work"], f"{host}:{os.getpid()}:work-0").id == alive_id
     # the process dies here; the next start:
     restarted = make_pacs(Handlers())
-    assert restarted.jobs.requeue_running() == 1
+    assert restarted.jobs.requeue_orphans() == 1
     assert job(job_id).state == "pending"
     assert job(other_id).state == "pending"
+    assert job(alive_id).state == "running"
     again = restarted.jobs.take(["work"], "new-host:1")
     assert again.id == job_id and again.attempts == 2
     assert restarted.jobs.run(again)
     assert job(job_id).state == "done"
+
+
+def test_a_remote_worker_keeps_its_job_while_it_renews_the_lease(make_pacs):
+    pacs = make_pacs(Handlers())
+    job_id = pacs.jobs.enqueue("work", {"n": 1})
+    assert pacs.jobs.take(["work"], "other-host:42:work-0").id == job_id
+    assert pacs.jobs.requeue_orphans(lease_seconds=60) == 0  # another host: leased
+    time.sleep(1.1)
+    assert pacs.jobs.renew("other-host:42:") == 1
+    assert pacs.jobs.requeue_orphans(lease_seconds=1) == 0  # just renewed
+    time.sleep(1.1)
+    assert pacs.jobs.requeue_orphans(lease_seconds=1) == 1  # that host stopped renewing
+    assert job(job_id).state == "pending"
 
 
 def test_a_broken_job_handlers_plugin_is_recorded(make_pacs):
