@@ -51,6 +51,7 @@ def _open(args, load_plugins: bool = True):
 
 
 def cmd_init(args) -> int:
+    from pacscore.models import User
     from pacscore.users import ensure_admin
 
     home: Path = args.home
@@ -74,11 +75,35 @@ def cmd_init(args) -> int:
     with connection():
         if args.admin_password:
             ensure_admin(args.admin_password)
+        generated = None if User.select().exists() else first_admin_password(home)
         storages = [s.path for s in Storage.select()]
     print(f"pacscore home ready: {home}")
     print(f"  database: {pacs.config.db_url}")
     print(f"  storage:  {', '.join(storages)}")
+    if generated:
+        print(f"  console:  log in as 'admin' with the password in {generated}")
+        print("            (to be changed at the first login)")
     return 0
+
+
+def first_admin_password(home: Path) -> Path:
+    """Create 'admin' with a random password, written once to a file only root can read.
+
+    Without it a fresh ``make serve`` would have no account to open the console.
+    """
+    import secrets
+
+    from pacscore.users import ensure_admin
+
+    password = secrets.token_urlsafe(12)
+    admin = ensure_admin(password)
+    admin.must_change_password = True
+    admin.save()
+    path = home / "initial-admin-password"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(password + "\n")
+    return path
 
 
 def cmd_serve(args) -> int:

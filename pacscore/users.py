@@ -51,6 +51,7 @@ def ensure_admin(password: str, login: str = "admin") -> User:
     user, _ = User.get_or_create(login=login, defaults={"profile": ADMIN_PROFILE})
     user.password_hash = hash_password(password)
     user.password_changed = utcnow()
+    user.must_change_password = False
     user.profile = ADMIN_PROFILE
     user.status = "active"
     user.auth_source = "local"

@@ -474,3 +474,24 @@ def test_init_admin_password_is_stored_hashed(pacs_home):
     assert admin.password_hash.startswith("scrypt$")
     assert verify_password("s3cret-Admin", admin.password_hash)
     assert not verify_password("wrong", admin.password_hash)
+
+
+def test_first_init_creates_an_admin_with_a_password_only_root_reads(pacs_home):
+    """A fresh home can open the console: 'admin', random password, changed at first login."""
+    from pacscore.app import open_pacs
+    from pacscore.users import log_in
+
+    password_file = pacs_home.home / "initial-admin-password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 12
+    again = pacs_home.cli("init")  # a second init neither replaces nor prints it
+    assert "initial-admin-password" not in again.stdout
+    assert password_file.read_text().strip() == password
+    pacs = open_pacs(pacs_home.home, load_plugins=False)
+    try:
+        result = log_in(pacs, "admin", password)
+        assert result.success and result.must_change_password
+        assert not log_in(pacs, "admin", "guess").success
+    finally:
+        pacs.database.close_all()
