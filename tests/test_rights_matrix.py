@@ -206,3 +206,33 @@ def test_rights_follow_profile_edits(app):
             Profile.name == "simple user"
         ).execute()
     assert console.get("/nodes/").status_code == 200
+
+
+class MenuPlugin:
+    """A plugin page with a menu entry, for users holding ``manage_worklist``."""
+
+    @hookimpl
+    def register_blueprints(self, app):
+        from pacscore.web.menu import add_menu_item
+
+        bp = Blueprint("menu_extra", __name__, url_prefix="/menu-extra")
+
+        @bp.get("/")
+        @require_right("manage_worklist")
+        def index():
+            return "extra page"
+
+        app.register_blueprint(bp)
+        add_menu_item(app, "Extra page", "menu_extra.index", "manage_worklist")
+
+
+def test_plugin_menu_entries_show_to_the_users_holding_their_right(make_pacs):
+    app = web_app(make_pacs(MenuPlugin()))
+    add_user("sec", "secretary")
+    add_user("ref", "referring")
+    secretary, referring = Console(app), Console(app)
+    secretary.login("sec")
+    referring.login("ref")
+    assert 'href="/menu-extra/">Extra page</a>' in secretary.get("/account").text
+    assert "Extra page" not in referring.get("/account").text
+    assert referring.get("/menu-extra/").status_code == 403

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from pacscore.models import db
 from pacscore.web import security
 from pacscore.web.common import InvalidInput
+from pacscore.web.menu import menu_items
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def create_app(pacs, test_config: dict | None = None) -> Flask:
 
     @app.context_processor
     def template_helpers():
-        return {"current_user": security.current_user()}
+        return {"current_user": security.current_user(), "plugin_menu": menu_items(app)}
 
     _register_error_handlers(app)
     _register_blueprints(app)
