@@ -15,6 +15,7 @@ from pacscore import hookimpl
 from pacscore.scheduler import PeriodicTask
 from pacscore_hl7.mllp import MllpServer
 from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
+from pacscore_hl7.pages import make_blueprint
 from pacscore_hl7.service import forget_old_messages, process_frame, recent, replay
 
 __all__ = ["recent", "replay"]
@@ -87,3 +88,8 @@ def on_shutdown(pacs):
     if _server is not None:
         _server.stop()
         _server = None
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    app.register_blueprint(make_blueprint())
