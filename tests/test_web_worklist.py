@@ -252,3 +252,5 @@ def test_api_study_types(clerk):
     codes = [t["code"] for t in clerk.api("GET", "/api/v1/worklist/study-types").json]
     assert codes == ["CTTHOR", "US"]
     assert clerk.api("DELETE", f"/api/v1/worklist/study-types/{created['id']}").status_code == 204
+    paths = clerk.get("/api/v1/openapi.json").json["paths"]
+    assert {"/api/v1/worklist", "/api/v1/worklist/clear"} <= set(paths)
