@@ -254,3 +254,27 @@ def test_api_study_types(clerk):
     assert clerk.api("DELETE", f"/api/v1/worklist/study-types/{created['id']}").status_code == 204
     paths = clerk.get("/api/v1/openapi.json").json["paths"]
     assert {"/api/v1/worklist", "/api/v1/worklist/clear"} <= set(paths)
+
+
+def test_delete_in_progress_step_asks_again_and_edit_study_type(pacs, clerk):
+    entry = add_entry(pacs, steps=2)
+    busy = entry["steps"][0]["id"]
+    pacs.worklist.set_step_status(busy, "IN_PROGRESS")
+    page = clerk.post(f"/worklist/steps/{busy}/delete")
+    assert page.status_code == 200 and "Delete anyway" in page.text
+    assert len(pacs.worklist.get(entry["id"])["steps"]) == 2
+    assert clerk.post(f"/worklist/steps/{busy}/delete", {"confirm": "yes"}).status_code == 302
+    assert len(pacs.worklist.get(entry["id"])["steps"]) == 1
+    with connection():
+        type_id = StudyType.get(StudyType.code == "CTTHOR").id
+    form = clerk.get(f"/worklist/study-types/{type_id}").text
+    assert 'value="ct1"' in form and 'value="CT thorax"' in form
+    changed = clerk.post(
+        f"/worklist/study-types/{type_id}",
+        {"code": "CTTHOR", "description": "CT chest", "modality": "CT", "duration_minutes": "20",
+         "nodes": "ct1, mr1"},
+    )  # fmt: skip
+    assert changed.status_code == 302
+    with connection():
+        assert json.loads(StudyType.get_by_id(type_id).nodes) == ["ct1", "mr1"]
+    assert clerk.get("/worklist/study-types/999999").status_code == 404
