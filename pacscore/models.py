@@ -403,6 +403,16 @@ class ApicryptCertificate(BaseModel):
         indexes = ((("fingerprint", "email"), True),)
 
 
+class StudyType(BaseModel):
+    """A kind of examination offered by the worklist form (see docs/worklist.md)."""
+
+    code = CharField(max_length=64, unique=True)
+    description = CharField(max_length=324, default="")
+    modality = CharField(max_length=16, default="")
+    duration_minutes = IntegerField(default=15)
+    nodes = TextField(default="[]")  # JSON list of the Node names it may be scheduled on
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -431,6 +441,7 @@ ALL_MODELS = [
     ApicryptIdentity,
     ApicryptCertificate,
     RouterDelivery,
+    StudyType,
 ]
 
 

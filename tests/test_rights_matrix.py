@@ -79,8 +79,18 @@ EXPECTED_BY_RIGHT = {
     "manage_jobs": [
         "api.delete_job", "api.jobs", "api.retry_job", "jobs.delete", "jobs.index", "jobs.retry",
     ],
-    # the test plugin's pages
-    "manage_worklist": ["extra.declared"],
+    "manage_worklist": [
+        "worklist.clear", "worklist.create", "worklist.create_study_type", "worklist.delete",
+        "worklist.delete_step", "worklist.delete_study_type", "worklist.edit_study_type",
+        "worklist.index", "worklist.reset_step", "worklist.study_types",
+        "worklist_api.api_clear", "worklist_api.api_create", "worklist_api.api_create_study_type",
+        "worklist_api.api_delete", "worklist_api.api_delete_step",
+        "worklist_api.api_delete_study_type", "worklist_api.api_entry",
+        "worklist_api.api_reset_step", "worklist_api.api_search", "worklist_api.api_study_types",
+        "worklist_api.api_update_study_type",
+        # the test plugin's page
+        "extra.declared",
+    ],
     None: ["extra.forgotten"],
 }  # fmt: skip
 EXPECTED = {endpoint: right for right, names in EXPECTED_BY_RIGHT.items() for endpoint in names}

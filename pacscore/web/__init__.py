@@ -89,11 +89,14 @@ def _register_blueprints(app: Flask) -> None:
         storages,
         studies,
         users,
+        worklist,
     )
 
     for module in (auth, studies, nodes, storages, plugins, users, settings, logs, audit, jobs):
         app.register_blueprint(module.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(worklist.bp)
+    app.register_blueprint(worklist.api)
 
 
 def _wants_json() -> bool:

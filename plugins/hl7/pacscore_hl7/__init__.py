@@ -15,6 +15,7 @@ from pacscore import hookimpl
 from pacscore.scheduler import PeriodicTask
 from pacscore_hl7.mllp import MllpServer
 from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
+from pacscore_hl7.pages import make_blueprint
 from pacscore_hl7.service import forget_old_messages, process_frame, recent, replay
 
 __all__ = ["recent", "replay"]
@@ -87,3 +88,12 @@ def on_shutdown(pacs):
     if _server is not None:
         _server.stop()
         _server = None
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+    from pacscore_hl7.pages import RIGHT
+
+    app.register_blueprint(make_blueprint())
+    add_menu_item(app, "HL7", "hl7.index", RIGHT)

@@ -200,12 +200,24 @@ def forget_old_messages(pacs) -> int:
         return Hl7Message.delete().where(Hl7Message.received_at < limit).execute()
 
 
-def recent(limit: int = 100, outcome: str | None = None) -> list[dict]:
-    """The latest logged messages (for a console page or an API)."""
+def recent(
+    limit: int = 100,
+    outcome: str | None = None,
+    message_type: str | None = None,
+    control_id: str | None = None,
+) -> list[dict]:
+    """The latest logged messages, newest first, with their text and ACK (for the console).
+
+    ``message_type`` matches a prefix (``ORM`` finds ``ORM^O01``); ``control_id`` is exact.
+    """
     with connection():
         select = Hl7Message.select().order_by(Hl7Message.id.desc()).limit(limit)
         if outcome:
             select = select.where(Hl7Message.outcome == outcome)
+        if message_type:
+            select = select.where(Hl7Message.message_type.startswith(message_type))
+        if control_id:
+            select = select.where(Hl7Message.control_id == control_id)
         return [
             {
                 "id": r.id,
@@ -216,6 +228,8 @@ def recent(limit: int = 100, outcome: str | None = None) -> list[dict]:
                 "outcome": r.outcome,
                 "detail": r.detail,
                 "replay_of": r.replay_of,
+                "text": r.text,
+                "ack": r.ack,
             }
             for r in select
         ]

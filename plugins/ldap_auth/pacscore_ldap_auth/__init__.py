@@ -12,6 +12,7 @@ from __future__ import annotations
 from pacscore import hookimpl
 from pacscore_ldap_auth import login as _login
 from pacscore_ldap_auth.login import CheckResult, test_connection, test_login
+from pacscore_ldap_auth.pages import make_blueprint
 from pacscore_ldap_auth.settings import LdapSettings
 
 # plain functions for the settings page, not pytest tests despite their names
@@ -29,3 +30,12 @@ def settings_schema():
 @hookimpl
 def authenticate(pacs, login, password):
     return _login.authenticate(pacs, login, password)
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+    from pacscore_ldap_auth.pages import RIGHT
+
+    app.register_blueprint(make_blueprint())
+    add_menu_item(app, "LDAP", "ldap_auth.index", RIGHT)
