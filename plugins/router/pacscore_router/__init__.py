@@ -169,3 +169,11 @@ def on_worklist_change(pacs, before, after):
 def retention_holds(pacs, study_uids):
     with connection():
         return sending.held_studies(study_uids) or None
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore_router.web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
