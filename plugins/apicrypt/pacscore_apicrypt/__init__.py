@@ -88,3 +88,11 @@ def prepare_mail(pacs, message: EmailMessage):
 @hookimpl
 def cli_commands(subparsers):
     add_commands(subparsers)
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore_apicrypt.web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
