@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from pacscore.models import db
 from pacscore.web import security
-from pacscore.web.common import InvalidInput
+from pacscore.web.common import InvalidInput, menu_links
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def create_app(pacs, test_config: dict | None = None) -> Flask:
 
     # globals, not a context processor: imported macros see them too
     app.jinja_env.globals.update(csrf_token=security.csrf_token, has_right=security.has_right)
+    app.jinja_env.globals.update(menu_links=menu_links)
 
     @app.context_processor
     def template_helpers():

@@ -84,3 +84,20 @@ def page_args(default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
     except ValueError:
         abort(400, "page and page_size must be integers")
     return page, size
+
+
+def add_menu_link(app, label: str, endpoint: str, right: str) -> None:
+    """Add a link to a plugin page in the console's header, shown to holders of ``right``.
+
+    Call it from a ``register_blueprints`` implementation, with the endpoint of
+    one of the plugin's views (``"router.index"``).
+    """
+    app.extensions.setdefault("pacscore_menu", []).append((label, endpoint, right))
+
+
+def menu_links() -> list[tuple[str, str]]:
+    """(label, endpoint) of the plugin links the current user may follow (a template global)."""
+    from pacscore.web.security import has_right
+
+    links = current_app.extensions.get("pacscore_menu", [])
+    return [(label, endpoint) for label, endpoint, right in links if has_right(right)]

@@ -92,7 +92,9 @@ def cli_commands(subparsers):
 
 @hookimpl
 def register_blueprints(pacs, app):
+    from pacscore.web.common import add_menu_link
     from pacscore_apicrypt.web import make_blueprints
 
     for blueprint in make_blueprints():
         app.register_blueprint(blueprint)
+    add_menu_link(app, "APICrypt", "apicrypt.identity", "configure")

@@ -110,7 +110,10 @@ def cli_commands(subparsers):
 
 @hookimpl
 def register_blueprints(pacs, app):
+    from pacscore.web.common import add_menu_link
+
     from .web import make_blueprints
 
     for blueprint in make_blueprints():
         app.register_blueprint(blueprint)
+    add_menu_link(app, "Test e-mail", "email.test_page", "configure")

@@ -42,7 +42,9 @@ def periodic_tasks():
 
 @hookimpl
 def register_blueprints(pacs, app):
+    from pacscore.web.common import add_menu_link
     from pacscore_purge.web import make_blueprints
 
     for blueprint in make_blueprints():
         app.register_blueprint(blueprint)
+    add_menu_link(app, "Purge", "purge.index", "view_audit")

@@ -117,6 +117,8 @@ def test_rights_and_csrf(archive):
 
     # a radiologist has neither view_audit nor delete
     reader = console_for(app, "doc", "radiologist")
+    account = reader.get("/account").text
+    assert 'id="logout"' in account and 'href="/purge/"' not in account
     assert reader.get("/purge/").status_code == 403
     assert reader.api("GET", "/api/v1/purge/plan").status_code == 403
     assert reader.post("/purge/run", {"confirm": "yes"}).status_code == 403
@@ -131,6 +133,7 @@ def test_rights_and_csrf(archive):
     auditor.login("auditor")
     page = auditor.get("/purge/")
     assert page.status_code == 200 and 'id="run-now"' not in page.text
+    assert 'href="/purge/">Purge</a>' in page.text  # the header link
     assert auditor.post("/purge/run", {"confirm": "yes"}).status_code == 403
 
     assert Console(app).get("/purge/").status_code == 302

@@ -173,7 +173,9 @@ def retention_holds(pacs, study_uids):
 
 @hookimpl
 def register_blueprints(pacs, app):
+    from pacscore.web.common import add_menu_link
     from pacscore_router.web import make_blueprints
 
     for blueprint in make_blueprints():
         app.register_blueprint(blueprint)
+    add_menu_link(app, "Routing", "router.index", "configure")

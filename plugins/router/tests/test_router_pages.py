@@ -171,7 +171,10 @@ def test_csrf_and_rights(app, pacs):
     no_token = admin.client.post("/router/new", data=RULE_FORM)
     assert no_token.status_code == 400 and rules(pacs) == []
 
+    assert 'href="/router/">Routing</a>' in admin.get("/router/").text  # in the header
     user = console_for(app, "joe", "simple user")
+    account = user.get("/account").text
+    assert 'id="logout"' in account and 'href="/router/"' not in account
     assert user.get("/router/").status_code == 403
     assert user.post("/router/new", RULE_FORM).status_code == 403
     assert user.api("GET", "/api/v1/router/rules").status_code == 403
