@@ -88,3 +88,13 @@ def prepare_mail(pacs, message: EmailMessage):
 @hookimpl
 def cli_commands(subparsers):
     add_commands(subparsers)
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+    from pacscore_apicrypt.web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
+    add_menu_item(app, "APICrypt", "apicrypt.identity", "configure")

@@ -3,7 +3,8 @@
 Hooks: ``settings_schema``; ``prepare_mail`` (first: fills in ``From`` and the
 default ``Reply-To``); ``deliver_mail`` (SMTP, none/STARTTLS/SSL, AUTH);
 ``on_alert`` (a templated mail to the recipients of the alert's kind, not
-again within the quiet period); ``cli_commands`` (``pacscore mail test``).
+again within the quiet period); ``cli_commands`` (``pacscore mail test``);
+``register_blueprints`` (the "send test e-mail" page and API route).
 See README.md.
 """
 
@@ -105,3 +106,14 @@ def cli_commands(subparsers):
     p = mail.add_parser("test", help="send a test e-mail now with the SMTP settings")
     p.add_argument("address")
     p.set_defaults(func=cmd_mail_test)
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+
+    from .web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
+    add_menu_item(app, "Test e-mail", "email.test_page", "configure")

@@ -5,7 +5,8 @@ Hooks used: ``settings_schema`` (rules, thresholds, schedule), ``cli_commands``
 ``periodic_tasks`` (enqueue the daily and threshold runs).  Deleting goes
 through ``pacs.archive.delete_series`` (crash-safe, fires ``on_delete``,
 audited as ``system:purge``) after asking ``retention_holds``.  For a console
-page: :func:`pacscore_purge.planner.make_plan` is the dry run.
+page: :func:`pacscore_purge.planner.make_plan` is the dry run; ``register_blueprints``
+adds the Purge page and ``/api/v1/purge`` routes (``web.py``).
 """
 
 from __future__ import annotations
@@ -37,3 +38,13 @@ def job_handlers():
 @hookimpl
 def periodic_tasks():
     return schedule.periodic_tasks()
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+    from pacscore_purge.web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
+    add_menu_item(app, "Purge", "purge.index", "view_audit")

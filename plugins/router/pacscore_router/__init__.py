@@ -169,3 +169,13 @@ def on_worklist_change(pacs, before, after):
 def retention_holds(pacs, study_uids):
     with connection():
         return sending.held_studies(study_uids) or None
+
+
+@hookimpl
+def register_blueprints(pacs, app):
+    from pacscore.web.menu import add_menu_item
+    from pacscore_router.web import make_blueprints
+
+    for blueprint in make_blueprints():
+        app.register_blueprint(blueprint)
+    add_menu_item(app, "Routing", "router.index", "configure")
