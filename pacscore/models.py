@@ -403,6 +403,16 @@ class ApicryptCertificate(BaseModel):
         indexes = ((("fingerprint", "email"), True),)
 
 
+class PasswordResetToken(BaseModel):
+    """A single-use password reset link; only a SHA-256 digest of its secret is kept."""
+
+    user = ForeignKeyField(User, backref="reset_tokens", on_delete="CASCADE")
+    token_hash = CharField(max_length=64, unique=True)
+    created = DateTimeField(default=utcnow, index=True)
+    expires = DateTimeField()
+    used = DateTimeField(null=True)
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -431,6 +441,7 @@ ALL_MODELS = [
     ApicryptIdentity,
     ApicryptCertificate,
     RouterDelivery,
+    PasswordResetToken,
 ]
 
 

@@ -84,6 +84,7 @@ def _register_blueprints(app: Flask) -> None:
         logs,
         nodes,
         plugins,
+        reset,
         settings,
         storages,
         studies,
@@ -92,6 +93,7 @@ def _register_blueprints(app: Flask) -> None:
 
     for module in (auth, studies, nodes, storages, plugins, users, settings, logs, audit, jobs):
         app.register_blueprint(module.bp)
+    app.register_blueprint(reset.bp)
     app.register_blueprint(api.bp)
 
 
