@@ -30,7 +30,7 @@ def forgot():
             request_reset(get_pacs(), login_or_email, request_base(), source_ip=client_ip())
         # the same answer whatever happened: it never tells whether the account exists
         flash(NEUTRAL_ANSWER, "info")
-        return redirect(url_for("auth.login"))
+        return render_template("login.html", next="")
     return render_template("forgot_password.html")
 
 
