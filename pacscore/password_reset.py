@@ -15,6 +15,8 @@ import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from peewee import fn
+
 from pacscore import audit
 from pacscore.models import PasswordResetToken, User, WebSession, db, utcnow
 from pacscore.users import set_password, unlock
@@ -41,7 +43,7 @@ def find_account(login_or_email: str) -> User | None:
         return None
     user = User.get_or_none(User.login == text)
     if user is None and "@" in text:
-        matches = list(User.select().where(User.email == text).limit(2))
+        matches = list(User.select().where(fn.LOWER(User.email) == text.lower()).limit(2))
         user = matches[0] if len(matches) == 1 else None  # a shared address names nobody
     return user
 

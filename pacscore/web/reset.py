@@ -34,6 +34,13 @@ def forgot():
     return render_template("forgot_password.html")
 
 
+@bp.after_request
+def never_cached(response):
+    # the pages carry a reset secret in their URL: no shared or browser cache keeps them
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 @public
 def reset(token: str):
