@@ -105,6 +105,16 @@ class CoreSettingsSchema(Schema):
         load_default=0, validate=validate.Range(min=0), metadata={"help": "0: never"}
     )
     reset_link_minutes = fields.Integer(load_default=60, validate=validate.Range(min=1))
+    reset_mail_interval_minutes = fields.Integer(
+        load_default=5,
+        validate=validate.Range(min=0),
+        metadata={"help": "at most one password reset mail per account in this time"},
+    )
+    public_url = fields.String(
+        load_default="",
+        validate=validate.Regexp(r"^(https?://[^\s]+)?$", error="an http(s):// URL, or empty"),
+        metadata={"help": "base URL of the console in mailed links; empty: the request's host"},
+    )
     api_ip_allowlist = fields.List(
         fields.String(validate=_valid_network),
         load_default=list,

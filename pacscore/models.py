@@ -413,6 +413,16 @@ class StudyType(BaseModel):
     nodes = TextField(default="[]")  # JSON list of the Node names it may be scheduled on
 
 
+class PasswordResetToken(BaseModel):
+    """A single-use password reset link; only a SHA-256 digest of its secret is kept."""
+
+    user = ForeignKeyField(User, backref="reset_tokens", on_delete="CASCADE")
+    token_hash = CharField(max_length=64, unique=True)
+    created = DateTimeField(default=utcnow, index=True)
+    expires = DateTimeField()
+    used = DateTimeField(null=True)
+
+
 ALL_MODELS = [
     Patient,
     Study,
@@ -442,6 +452,7 @@ ALL_MODELS = [
     ApicryptCertificate,
     RouterDelivery,
     StudyType,
+    PasswordResetToken,
 ]
 
 

@@ -42,7 +42,9 @@ class PagesPlugin:
 # The reviewed table: which right each endpoint needs.  A new route fails
 # test_every_route_declares_the_expected_right until it is added here.
 EXPECTED_BY_RIGHT = {
-    PUBLIC: ["api.health", "api.openapi", "auth.home", "auth.login"],
+    PUBLIC: [
+        "api.health", "api.openapi", "auth.home", "auth.login", "reset.forgot", "reset.reset",
+    ],
     AUTHENTICATED: [
         "auth.account", "auth.change_password", "auth.create_token", "auth.logout",
         "auth.revoke_token",
@@ -68,7 +70,7 @@ EXPECTED_BY_RIGHT = {
         "api.profiles", "api.unlock_user", "api.update_profile", "api.update_user", "api.user",
         "api.users", "users.create", "users.create_profile", "users.delete",
         "users.delete_profile_page", "users.edit", "users.index", "users.profiles",
-        "users.unlock_user",
+        "users.send_reset_link", "users.unlock_user",
     ],
     "manage_plugins": [
         "api.plugin_settings", "api.plugins", "api.update_plugin", "api.update_plugin_settings",

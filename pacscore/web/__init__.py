@@ -85,6 +85,7 @@ def _register_blueprints(app: Flask) -> None:
         logs,
         nodes,
         plugins,
+        reset,
         settings,
         storages,
         studies,
@@ -94,6 +95,7 @@ def _register_blueprints(app: Flask) -> None:
 
     for module in (auth, studies, nodes, storages, plugins, users, settings, logs, audit, jobs):
         app.register_blueprint(module.bp)
+    app.register_blueprint(reset.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(worklist.bp)
     app.register_blueprint(worklist.api)

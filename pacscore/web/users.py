@@ -9,12 +9,13 @@ from marshmallow import ValidationError
 from peewee import IntegrityError
 
 from pacscore.models import Profile, User, WebSession, db
+from pacscore.password_reset import request_reset
 from pacscore.rights import RIGHTS, profile_rights
 from pacscore.users import set_password, unlock
 from pacscore.web.common import get_pacs, record
 from pacscore.web.forms import display_values, form_fields, parse_form, schema_defaults
 from pacscore.web.schemas import ProfileSchema, UserSchema
-from pacscore.web.security import current_user, require_right
+from pacscore.web.security import client_ip, current_user, require_right
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 USER_SCHEMA = UserSchema()
@@ -151,6 +152,20 @@ def unlock_user(user_id: int):
     unlock(user)
     record("user_unlock", target=user.login)
     flash(f"User {user.login} unlocked.", "success")
+    return redirect(url_for("users.index"))
+
+
+@bp.post("/<int:user_id>/reset-link")
+@require_right("manage_users")
+def send_reset_link(user_id: int):
+    user = user_or_404(user_id)
+    outcome = request_reset(
+        get_pacs(), user.login, request.host_url, actor=current_user().login, source_ip=client_ip()
+    )
+    if outcome == "sent":
+        flash(f"A reset link was mailed to {user.login} ({user.email}).", "success")
+    else:
+        flash(f"No reset link for {user.login}: {outcome}.", "error")
     return redirect(url_for("users.index"))
 
 
