@@ -12,7 +12,10 @@ Both sleeps become waits that end as soon as there is work:
   whenever a primitive is queued for it to send (``to_provider_queue``);
 * the acceptor thread waits on an event set whenever something is queued for
   it (a complete DIMSE message in ``dimse.msg_queue``, a release or abort
-  primitive in ``dul.to_user_queue``).
+  primitive in ``dul.to_user_queue``).  A requestor's (our C-MOVE
+  sub-associations, the SCU helpers) keeps pynetdicom's 1 ms polling: a
+  ``send_c_store`` from another thread waits until that loop reaches its
+  pause point, and a blocking wait there cost 50 ms per instance sent.
 
 Both still wake every ``MAX_WAIT`` seconds, so timers (ARTIM, idle timeout)
 and flags set without a queue (``kill()``) keep working.  The loops
@@ -111,7 +114,9 @@ class _WaitingTime:
         caller = sys._getframe(1).f_code
         if isinstance(thread, DULServiceProvider) and caller is _DUL_LOOP:
             _dul_sleep(thread, seconds)
-        elif isinstance(thread, Association) and caller is _ASSOC_LOOP:
+        elif isinstance(thread, Association) and caller is _ASSOC_LOOP and thread.is_acceptor:
+            # (a requestor's loop keeps polling: its user's send_* waits for the loop to
+            # reach its pause point, which only the loop's next turn provides)
             event = _assoc_event(thread)
             event.wait(MAX_WAIT)
             event.clear()
