@@ -10,9 +10,9 @@ core) on SQLite or PostgreSQL:
    written directly in SQL (patients, studies of 10 instances in 2 series,
    instances whose files are not written: C-FIND never opens files).  The
    filler studies, like those stored after the first queries, are dated
-   1985-2004, so the date-range query (2015-2016) returns the same studies
-   at both sizes: what is compared is the cost of the index, not of a
-   longer answer;
+   1985-2004 and belong to other patients, so the two queries (the first
+   patient, 2015-2016) return the same studies at both sizes: what is
+   compared is the cost of the index, not of a longer answer;
 3. restarts, stores the last 10 000 instances: the rate over the last
    10 000; times the two queries again.
 
@@ -160,16 +160,18 @@ def main() -> int:
     args = ap.parse_args()
     early = 4000 if args.window > 4000 else args.window // 2
     data = args.out / "data"
-    # (count, folder, first year of the study dates)
+    # (count, folder, first year of the study dates, first patient): the queried
+    # patient and date range are those of the first 4 000 only
     sets = {
-        "flat-a": (early, data / "a", 2005),
-        "flat-b": (args.window - early, data / "b", 1985),
-        "flat-last": (args.window, data / "last", 1985),
+        "flat-a": (early, data / "a", 2005, 0),
+        "flat-b": (args.window - early, data / "b", 1985, 1000),
+        "flat-last": (args.window, data / "last", 1985, 2000),
     }
-    for name, (count, folder, first_year) in sets.items():
+    for name, (count, folder, first_year, first_patient) in sets.items():
         if not folder.exists():
             log(f"generating {count} small instances ({name})")
-            gen.generate(folder, name, "small", count, first_year=first_year)
+            gen.generate(folder, name, "small", count, first_year=first_year,
+                         first_patient=first_patient)  # fmt: skip
     parts = {name: sorted(p for p in s[1].iterdir() if p.is_dir()) for name, s in sets.items()}
 
     home = args.out / "home"

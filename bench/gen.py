@@ -139,10 +139,17 @@ def patient(i: int) -> dict:
 
 
 def generate(
-    out: Path, set_name: str, kind_name: str, count: int, parts: int = 4, first_year: int = 2005
+    out: Path,
+    set_name: str,
+    kind_name: str,
+    count: int,
+    parts: int = 4,
+    first_year: int = 2005,
+    first_patient: int = 0,
 ) -> list[Path]:
     """Write ``count`` instances under ``out`` (study dates over the 20 years from
-    ``first_year``); return the part folders."""
+    ``first_year``, patients ``first_patient`` to ``first_patient + 199``); return the
+    part folders."""
     kind = KINDS[kind_name]
     code = SET_CODES[set_name]
     rng = random.Random(code)
@@ -155,7 +162,7 @@ def generate(
     n_studies = (count + per_study - 1) // per_study
     written = 0
     for s in range(n_studies):
-        pat = patient(rng.randrange(N_PATIENTS))
+        pat = patient(first_patient + rng.randrange(N_PATIENTS))
         study_day = date(first_year, 1, 1) + timedelta(days=rng.randrange(0, 365 * 20))
         study_uid = f"{UID_ROOT}.{code}.{s + 1}"
         hour = rng.randrange(7, 19)

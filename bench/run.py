@@ -588,9 +588,7 @@ def main() -> int:
     ap.add_argument("--keep-data", action="store_true", help="keep the generated data")
     ap.add_argument("--only", choices=["pacscore", "Orthanc"], help="run one server only")
     args = ap.parse_args()
-    argv_shown = "/work/main/.venv/bin/python bench/run.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
+    argv_shown = ".venv/bin/python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     if os.environ.get("PACSCORE_BENCH_NETNS") != "1":
         env = dict(os.environ, PACSCORE_BENCH_NETNS="1", PACSCORE_BENCH_ARGV=argv_shown)
@@ -950,8 +948,9 @@ def render(
         )
     lines += [
         "",
-        "Peak RSS (VmHWM of the server process, sampled at the end of each server's life; "
-        "a fresh server per store cell, the last one also served the Q/R cells):",
+        "Peak RSS (the largest VmHWM among the server's processes, sampled at the end of "
+        "each server's life; a fresh server per store cell, the last one also served "
+        "the Q/R cells):",
         "",
         "| server | " + " | ".join(c for c, _ in next(iter(rss.values()))) + " | max | target |",
         "|---|" + "---:|" * (len(next(iter(rss.values()))) + 1) + "---|",
@@ -984,7 +983,8 @@ def render(
         "then times the storescu process(es) from launch to exit: 1 association = one "
         "storescu with every file, 4 associations = four storescu in parallel on a quarter "
         "each. The stored count is checked afterwards (no duplicates are measured).",
-        "- Server CPU = utime+stime of the server process (all threads) from "
+        "- Server CPU = utime+stime of the server's processes (all threads; pacscore's "
+        "extra DICOM listeners included) from "
         "/proc/PID/stat, read before the cell and after the server goes idle again "
         "(so asynchronous post-store work is included), divided by the instance count.",
         "- C-FIND: study root, STUDY level, 9 return keys; `findscu --repeat N` in one "
