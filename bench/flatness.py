@@ -98,6 +98,9 @@ def fill_index(server: FlatPacscore, instances: int) -> None:
                             Patient, Study, Series, Instance)  # fmt: skip
             if first % 20000 == 0:
                 log(f"  filled {first * per_study} instances")
+        # a bulk load leaves stale planner statistics that a growing archive would not
+        # have (PostgreSQL's autovacuum analyses as rows arrive): refresh them now
+        db.execute_sql("ANALYZE")
 
 
 def _fill_batch(rng, studies, per_study, per_series, storage_id, Patient, Study, Series, Instance):
