@@ -140,7 +140,7 @@ class Pacs:
     def recover(self) -> None:
         """Finish the writes and deletions a crash interrupted (server start)."""
         with connection():
-            recover_incoming(list(Storage.select()))
+            recover_incoming(list(Storage.select()), self.archive.recover_ready)
             self.archive.empty_trash()
 
     def load_plugins(self) -> None:

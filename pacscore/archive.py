@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from peewee import fn
 
+from pacscore import sql
 from pacscore.dicom import status
 from pacscore.dicom.header import (
     Header,
@@ -123,21 +124,15 @@ def encode_file_meta(
     return _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
-def _insert_or_get(model, unique_field, key: str, values: dict) -> tuple[int, bool]:
+def _insert_or_get(model, unique: str, key: str, values: dict) -> tuple[int, bool]:
     """Insert a row unless its unique key exists; return (id, created)."""
-    row = model.select(model.id).where(unique_field == key).tuples().first()
-    if row:
-        return row[0], False
-    inserted = list(
-        model.insert({unique_field: key, **values})
-        .on_conflict_ignore()
-        .returning(model.id)
-        .tuples()
-        .execute()
-    )
-    if inserted:
-        return inserted[0][0], True
-    return model.select(model.id).where(unique_field == key).scalar(), False
+    row_id = sql.select_value(model, "id", unique, key)
+    if row_id is not None:
+        return row_id, False
+    row_id = sql.insert_ignore(model, {unique: key, **values})
+    if row_id is not None:
+        return row_id, True
+    return sql.select_value(model, "id", unique, key), False
 
 
 class Archive:
@@ -170,7 +165,7 @@ class Archive:
             return StoreResult(status.REFUSED_BY_FILTER, str(refusal)[:64])
 
         overwrite = self.pacs.settings.core["overwrite_duplicates"]
-        if not overwrite and Instance.select().where(Instance.sop_uid == header.sop_uid).exists():
+        if not overwrite and sql.select_value(Instance, "id", "sop_uid", header.sop_uid):
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
 
         try:
@@ -189,7 +184,8 @@ class Archive:
             return StoreResult(status.OUT_OF_RESOURCES, "cannot write the file")
 
         try:
-            stored = self._index(header, incoming, storage, relpath, overwrite)
+            # the .ready file is the journal that redoes this commit after a power loss
+            stored = self._index(header, incoming, storage, relpath, overwrite, sync_commit=False)
         except Exception as exc:
             part.unlink(missing_ok=True)
             log.exception("indexing %s failed", header.sop_uid)
@@ -200,24 +196,33 @@ class Archive:
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
 
         try:
-            self.folders.publish(part, storage, relpath)
+            self.folders.publish(part, storage, relpath, journal=True)
         except OSError as exc:
-            # the row is committed and the .part durable: start-up recovery publishes it
+            # the row is committed and the .ready file durable: start-up recovery publishes it
             log.error("cannot move %s to its place (recovered at restart): %s", part, exc)
         self.pacs.outbox.wake()
         return StoreResult(status.SUCCESS, instance=stored)
 
-    def _index(self, h: Header, incoming: IncomingInstance, storage, relpath: str, overwrite: bool):
+    def _index(
+        self,
+        h: Header,
+        incoming: IncomingInstance,
+        storage,
+        relpath: str,
+        overwrite: bool,
+        sync_commit: bool = True,
+    ):
         now = utcnow()
-        with write_transaction():
-            existing = Instance.get_or_none(Instance.sop_uid == h.sop_uid)
-            if existing is not None:
+        with write_transaction(sync_commit):
+            existing_id = sql.select_value(Instance, "id", "sop_uid", h.sop_uid)
+            if existing_id is not None:
                 if not overwrite:
                     return None
+                existing = Instance.get_by_id(existing_id)
                 self._remove_rows([existing], trash=existing.storage_id != storage.id)
             patient_id, _ = _insert_or_get(
                 Patient,
-                Patient.patient_id,
+                "patient_id",
                 h.patient_id,
                 {
                     "patient_name": h.patient_name,
@@ -228,7 +233,7 @@ class Archive:
             )
             study_id, _ = _insert_or_get(
                 Study,
-                Study.study_uid,
+                "study_uid",
                 h.study_uid,
                 {
                     "patient": patient_id,
@@ -242,11 +247,12 @@ class Archive:
                     "institution": h.institution[:324],
                     "requesting_service": h.requesting_service[:324],
                     "first_received": now,
+                    "last_received": now,
                 },
             )
             series_id, new_series = _insert_or_get(
                 Series,
-                Series.series_uid,
+                "series_uid",
                 h.series_uid,
                 {
                     "study": study_id,
@@ -258,39 +264,34 @@ class Archive:
                     "series_date": h.series_date[:8],
                     "series_time": h.series_time[:16],
                     "first_received": now,
+                    "last_received": now,
                 },
             )
-            Instance.insert(
-                sop_uid=h.sop_uid,
-                series=series_id,
-                sop_class_uid=h.sop_class_uid,
-                instance_number=h.instance_number[:12],
-                transfer_syntax=incoming.transfer_syntax,
-                storage=storage.id,
-                path=relpath,
-                size=incoming.size,
-                received_at=now,
-                calling_ae=incoming.calling_ae[:16],
-                called_ae=incoming.called_ae[:16],
-            ).execute()
-            Series.update(
-                num_instances=Series.num_instances + 1,
-                size=Series.size + incoming.size,
-                last_received=now,
-            ).where(Series.id == series_id).execute()
-            study_changes = {
-                Study.num_instances: Study.num_instances + 1,
-                Study.size: Study.size + incoming.size,
-                Study.last_received: now,
-                Study.stable: False,
-            }
+            sql.insert(
+                Instance,
+                {
+                    "sop_uid": h.sop_uid,
+                    "series": series_id,
+                    "sop_class_uid": h.sop_class_uid,
+                    "instance_number": h.instance_number[:12],
+                    "transfer_syntax": incoming.transfer_syntax,
+                    "storage": storage.id,
+                    "path": relpath,
+                    "size": incoming.size,
+                    "received_at": now,
+                    "calling_ae": incoming.calling_ae[:16],
+                    "called_ae": incoming.called_ae[:16],
+                },
+            )
+            counts = {"num_instances": 1, "size": incoming.size}
+            sql.add_to_counters(Series, series_id, counts, {"last_received": now})
+            study_values: dict[str, Any] = {"last_received": now, "stable": False}
             if new_series:
-                study_changes[Study.num_series] = Study.num_series + 1
-                modalities = Study.select(Study.modalities).where(Study.id == study_id).scalar()
-                token = f"\\{h.modality}\\"
-                if h.modality and token not in (modalities or ""):
-                    study_changes[Study.modalities] = (modalities or "\\") + h.modality + "\\"
-            Study.update(study_changes).where(Study.id == study_id).execute()
+                counts["num_series"] = 1
+                modalities = sql.select_value(Study, "modalities", "id", study_id) or "\\"
+                if h.modality and f"\\{h.modality}\\" not in modalities:
+                    study_values["modalities"] = modalities + h.modality + "\\"
+            sql.add_to_counters(Study, study_id, counts, study_values)
             stored = StoredInstance(
                 sop_uid=h.sop_uid,
                 sop_class_uid=h.sop_class_uid,
@@ -314,6 +315,16 @@ class Archive:
         incoming = IncomingInstance(header, transfer_syntax, size, "", source="reindex")
         return self._index(header, incoming, storage, relpath, overwrite=False)
 
+    def recover_ready(self, storage, ready: Path, relpath: str) -> None:
+        """Start-up recovery: index a complete incoming file whose commit a power loss
+        undid (its sender had the success), then publish it; on_store fires again."""
+        data, transfer_syntax = read_dicom_file(ready)
+        header = read_header(data, transfer_syntax)
+        size = ready.stat().st_size
+        incoming = IncomingInstance(header, transfer_syntax, size, "", source="recovery")
+        self._index(header, incoming, storage, relpath, overwrite=False)
+        self.folders.publish(ready, storage, relpath)
+
     # -- reading -------------------------------------------------------------
 
     def path_of(self, instance: Instance) -> Path:
@@ -321,12 +332,10 @@ class Archive:
 
     def study_patient_id(self, study_uid: str) -> str | None:
         """The PatientID already indexed for a study, or None for a new study."""
-        return (
-            Patient.select(Patient.patient_id)
-            .join(Study)
-            .where(Study.study_uid == study_uid)
-            .scalar()
-        )
+        patient = sql.select_value(Study, "patient", "study_uid", study_uid)
+        if patient is None:
+            return None
+        return sql.select_value(Patient, "patient_id", "id", patient)
 
     # -- deleting ------------------------------------------------------------
 

@@ -126,3 +126,4 @@ def run_listener(pacs) -> None:
     server = start_dicom_server(pacs, config.host, config.dicom_port, reuse_port=True)
     stop.wait()
     server.shutdown()
+    pacs.archive.folders.flush()

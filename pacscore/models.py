@@ -6,6 +6,7 @@ Models are bound to ``db``, a proxy initialised from a URL at start-up
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -516,15 +517,60 @@ def create_tables() -> None:
         migrations.upgrade()
 
 
-def write_transaction():
+@contextmanager
+def write_transaction(sync_commit: bool = True):
     """A transaction that takes the write lock up front on SQLite.
 
     With a deferred transaction two SQLite writers may both read and then
     deadlock on the upgrade; IMMEDIATE makes the second one wait instead.
+
+    ``sync_commit=False`` commits without waiting for the disk (SQLite
+    ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): the commit
+    survives a crash of the process, and a power loss once
+    :func:`make_commits_durable` has run after it.  Only callers that can
+    redo a commit lost to a power loss may ask for it (the C-STORE path keeps
+    a journal of its files until then).
     """
+    database = db.obj
+    if not is_sqlite():
+        with database.atomic():
+            if not sync_commit:
+                database.execute_sql("SET LOCAL synchronous_commit TO OFF")
+            yield
+        return
+    if sync_commit or database.in_transaction():
+        with database.atomic("IMMEDIATE"):
+            yield
+        return
+    # per connection, and only outside a transaction: back to FULL for the next user
+    database.execute_sql("PRAGMA synchronous = NORMAL")
+    try:
+        with database.atomic("IMMEDIATE"):
+            yield
+    finally:
+        database.execute_sql("PRAGMA synchronous = FULL")
+
+
+def make_commits_durable() -> None:
+    """Bring every commit made so far, synchronous or not, to the disk.
+
+    SQLite (WAL): fsync the write-ahead log, which holds every commit not yet
+    checkpointed (a checkpoint syncs the database file itself).  PostgreSQL:
+    one synchronous commit, which flushes the WAL up to it.
+    """
+    database = db.obj
     if is_sqlite():
-        return db.obj.atomic("IMMEDIATE")
-    return db.atomic()
+        try:
+            fd = os.open(database.database + "-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no WAL: every commit is in the synced database
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    with connection(), database.atomic():
+        database.execute_sql("SELECT txid_current()")
 
 
 @contextmanager

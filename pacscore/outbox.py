@@ -16,6 +16,7 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pacscore import sql
 from pacscore.archive import DeletedInstance, StoredInstance
 from pacscore.models import OutboxEvent, Patient, Study, connection, utcnow
 
@@ -57,7 +58,7 @@ class Outbox:
         if not self.pacs.hooks.has_implementations(hook):
             return
         payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
-        OutboxEvent.insert(hook=hook, payload=payload).execute()
+        sql.insert(OutboxEvent, {"hook": hook, "payload": payload})
 
     def enqueue_many(self, hook: str, calls: list[dict[str, Any]]) -> None:
         """Record several calls of one hook (each a dict of arguments) in one statement."""

@@ -97,6 +97,7 @@ def serve(pacs, log_level: str = "INFO") -> None:
         pacs.hooks.call_each("on_shutdown", pacs=pacs)
     listeners.stop()
     dicom.shutdown()
+    pacs.archive.folders.flush()
     http.close()
     scheduler.stop()
     workers.stop()

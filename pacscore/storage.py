@@ -1,31 +1,45 @@
 """Storage folders: where a new file goes, how it is written durably, and
 how a restart finishes or discards writes that a crash interrupted.
 
-A file is written to ``<folder>/.incoming/<name>.<random>.part`` and fsynced
-(with its directory); then its index row is committed; then it is renamed
-to its final place ``<folder>/<aa>/<bb>/<name>.dcm``, where ``name`` is a
-SHA-256 of the SOP Instance UID (UIDs are never used as paths).  At start-up
-:func:`recover_incoming` renames the ``.part`` files whose row exists and
-deletes those of dead writers, which were never acknowledged.
+A file is written to ``<folder>/.incoming/<name>.<pid>.<random>.part``,
+fsynced, renamed to ``.ready`` (complete) and its directory fsynced; then
+its index row is committed; then it is published at its final place
+``<folder>/<aa>/<bb>/<name>.dcm``, where ``name`` is a SHA-256 of the SOP
+Instance UID (UIDs are never used as paths).
+
+When the commit was synchronous the ``.ready`` file is simply renamed.  A
+C-STORE commits without waiting for the disk (see ``write_transaction``):
+its ``.ready`` name is then hard-linked to the final place and kept as a
+journal entry until :meth:`StorageFolders.flush` (about every second) has
+synced the file system and the index; a power loss before that can undo the
+commit but not the ``.ready`` file, which start-up recovery indexes again.
+
+At start-up :func:`recover_incoming` looks at the files of dead writers:
+indexed ones are published (or their journal entry dropped), ``.ready``
+ones without a row are handed back to be indexed, and ``.part`` ones, never
+acknowledged, are deleted.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pacscore.models import Instance, Storage
+from pacscore.models import Instance, Storage, connection, make_commits_durable
 
 log = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
 MB = 1024 * 1024
+# how long a commit made without waiting for the disk may stay undurable
+FLUSH_SECONDS = 1.0
 
 
 class StorageFull(Exception):
@@ -50,6 +64,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sync_file_system(path: Path) -> None:
+    """syncfs(2): one journal commit makes every new link on that file system durable
+    (an fsync per final folder would cost one each)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 class StorageFolders:
     """The storage folders of the archive, cached briefly to keep the hot path lean."""
 
@@ -60,6 +88,10 @@ class StorageFolders:
         self._loaded_at = 0.0
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        # journal entries (.ready names) of commits not yet known durable
+        self._journal: list[tuple[Path, Path]] = []
+        self._journal_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
 
     def all(self) -> list[Storage]:
         with self._lock:
@@ -97,7 +129,7 @@ class StorageFolders:
         return Path(storage.path) / relpath
 
     def write_incoming(self, storage: Storage, relpath: str, chunks: Iterable[bytes]) -> Path:
-        """Write ``chunks`` durably under the folder's incoming area; return its path."""
+        """Write ``chunks`` durably under the folder's incoming area; return the ``.ready`` path."""
         incoming_dir = Path(storage.path) / INCOMING
         self._ensure_dir(incoming_dir)
         name = Path(relpath).stem
@@ -111,21 +143,69 @@ class StorageFolders:
                     written = os.write(fd, view)
                     view = view[written:]
             os.fsync(fd)
-        except BaseException:
             os.close(fd)
+            fd = -1
+            ready = part.with_suffix(".ready")
+            os.rename(part, ready)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
             part.unlink(missing_ok=True)
             raise
-        os.close(fd)
-        # the directory entry must survive a power loss too: recovery looks for it
+        # the name must survive a power loss too: recovery looks for it
         _fsync_dir(incoming_dir)
-        return part
+        return ready
 
-    def publish(self, part: Path, storage: Storage, relpath: str) -> Path:
-        """Move a committed incoming file to its final place."""
+    def publish(self, ready: Path, storage: Storage, relpath: str, journal: bool = False) -> Path:
+        """Move a committed incoming file to its final place.
+
+        ``journal=True`` (the commit did not wait for the disk) keeps the
+        ``.ready`` name as a second link until the next :meth:`flush`.
+        """
         final = self.absolute(storage, relpath)
         self._ensure_dir(final.parent)
-        os.replace(part, final)
+        if not journal:
+            os.replace(ready, final)
+            # rename(2) leaves both names when they already are links of one file
+            ready.unlink(missing_ok=True)
+            return final
+        try:
+            os.link(ready, final)
+        except FileExistsError:  # an overwritten instance: replace it atomically
+            spare = final.with_name(f"{final.name}.{secrets.token_hex(6)}.tmp")
+            os.link(ready, spare)
+            os.replace(spare, final)
+        with self._journal_lock:
+            self._journal.append((Path(storage.path), ready))
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_forever, name="pacscore-flush", daemon=True
+                )
+                self._flusher.start()
         return final
+
+    def flush(self) -> int:
+        """Make the published files and their commits durable, then drop their journal
+        entries; return how many."""
+        with self._journal_lock:
+            batch, self._journal = self._journal, []
+        if not batch:
+            return 0
+        for root in {root for root, _ in batch}:
+            _sync_file_system(root)
+        with connection():
+            make_commits_durable()
+        for _, ready in batch:
+            ready.unlink(missing_ok=True)
+        return len(batch)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - retried; recovery covers the journal anyway
+                log.exception("cannot flush the storage journal")
 
     def _ensure_dir(self, path: Path) -> None:
         if path in self._known_dirs:
@@ -144,15 +224,21 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def recover_incoming(storages: list[Storage]) -> tuple[int, int]:
-    """Finish or discard the writes a crash interrupted; return (published, discarded)."""
-    published = discarded = 0
+def recover_incoming(
+    storages: list[Storage], reindex: Callable[[Storage, Path, str], None]
+) -> tuple[int, int, int]:
+    """Finish or discard the writes a crash interrupted; return (published, reindexed,
+    discarded).  ``reindex(storage, ready_path, relpath)`` indexes and publishes a
+    complete file whose commit a power loss undid."""
+    published = reindexed = discarded = 0
     for storage in storages:
         incoming_dir = Path(storage.path) / INCOMING
         if not incoming_dir.is_dir():
             continue
-        for part in incoming_dir.glob("*.part"):
-            digest, pid = part.name.split(".")[:2]
+        for entry in sorted(incoming_dir.iterdir()):
+            digest, pid, *_ = entry.name.split(".") + [""]
+            if _alive(pid):
+                continue
             relpath = f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
             final = Path(storage.path) / relpath
             indexed = (
@@ -163,15 +249,25 @@ def recover_incoming(storages: list[Storage]) -> tuple[int, int]:
             try:
                 if indexed and not final.exists():
                     final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(part, final)
+                    os.replace(entry, final)
                     published += 1
-                elif not _alive(pid):
-                    part.unlink()
+                elif indexed:
+                    entry.unlink()  # a journal entry: the final link exists
+                elif entry.suffix == ".ready":
+                    reindex(storage, entry, relpath)
+                    reindexed += 1
+                else:
+                    entry.unlink()
                     discarded += 1
-            except FileNotFoundError:  # its writer finished it meanwhile
+            except FileNotFoundError:
                 continue
-    if published or discarded:
+            except Exception:  # noqa: BLE001 - the server must start; the file stays
+                log.exception("cannot index %s again: left in place", entry)
+    if published or reindexed or discarded:
         log.warning(
-            "recovered interrupted writes: %d published, %d discarded", published, discarded
+            "recovered interrupted writes: %d published, %d indexed again, %d discarded",
+            published,
+            reindexed,
+            discarded,
         )
-    return published, discarded
+    return published, reindexed, discarded

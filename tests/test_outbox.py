@@ -93,7 +93,9 @@ def drain_all(pacs: Pacs) -> int:
 
 
 def storage_files(pacs: Pacs) -> list[Path]:
-    """Every file under the storage folder, the incoming area included."""
+    """Every file under the storage folder, the incoming area included (once the store
+    journal is flushed: its entries are second links of stored files)."""
+    pacs.archive.folders.flush()
     return sorted(p for p in (pacs.config.home / "storage").rglob("*") if p.is_file())
 
 

@@ -1,0 +1,167 @@
+"""A C-STORE commits its index row without waiting for the disk; the ``.ready`` file in
+the incoming area is the journal that makes the acknowledged instance survive a power
+loss anyway (pacscore/storage.py).
+
+A power loss cannot be pulled here; these tests build, file by file, the states it
+or a crash can leave (a journal entry of a dead writer with or without its row,
+with or without its final link, a half-written ``.part``) and check what start-up
+recovery makes of each, then that a running archive drops its journal once the
+commits are durable.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
+from pacscore.models import Instance, OutboxEvent, connection
+from pacscore.storage import INCOMING, instance_relpath
+from tests.dicomgen import make_instance
+from tests.test_outbox import Recorder, drain_all, store
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def incoming(pacs) -> Path:
+    return pacs.config.home / "storage" / INCOMING
+
+
+def final_path(pacs, sop_uid: str) -> Path:
+    return pacs.config.home / "storage" / instance_relpath(sop_uid)
+
+
+def journal_entry(pacs, sop_uid: str, source: Path, suffix: str = ".ready") -> Path:
+    """The incoming file a dead writer left for ``source`` (as the archive writes it)."""
+    data, ts = read_dicom_file(source)
+    meta = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, ts, "MODALITY")
+    digest = Path(instance_relpath(sop_uid)).stem
+    entry = incoming(pacs) / f"{digest}.{dead_pid()}.0123456789ab{suffix}"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_bytes(PREAMBLE + meta + data)
+    return entry
+
+
+def indexed(sop_uid: str) -> bool:
+    with connection():
+        return Instance.select().where(Instance.sop_uid == sop_uid).exists()
+
+
+def test_a_commit_undone_by_a_power_loss_is_redone_from_the_journal(make_pacs, tmp_path):
+    recorder = Recorder()
+    pacs = make_pacs(recorder)
+    source = make_instance(tmp_path / "in", patient_id="POWER", sop_uid="1.2.3.77.1.1")
+    entry = journal_entry(pacs, "1.2.3.77.1.1", source)
+
+    pacs.recover()
+
+    assert indexed("1.2.3.77.1.1")
+    final = final_path(pacs, "1.2.3.77.1.1")
+    assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
+    assert not entry.exists() and list(incoming(pacs).iterdir()) == []
+    # plugins hear of it: its first on_store was lost with the commit
+    assert drain_all(pacs) == 1
+    assert [i.sop_uid for i in recorder.stored] == ["1.2.3.77.1.1"]
+    assert recorder.stored[0].patient_id == "POWER"
+
+
+def test_a_final_link_that_outlived_its_commit_is_indexed_again(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.2.1")
+    entry = journal_entry(pacs, "1.2.3.77.2.1", source)
+    final = final_path(pacs, "1.2.3.77.2.1")
+    final.parent.mkdir(parents=True)
+    os.link(entry, final)
+
+    pacs.recover()
+
+    assert indexed("1.2.3.77.2.1")
+    assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
+    assert list(incoming(pacs).iterdir()) == []
+
+
+def test_a_half_written_file_of_a_dead_writer_is_discarded(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.3.1")
+    entry = journal_entry(pacs, "1.2.3.77.3.1", source, suffix=".part")
+    entry.write_bytes(entry.read_bytes()[:2000])  # never acknowledged: it was not complete
+
+    pacs.recover()
+
+    assert not indexed("1.2.3.77.3.1")
+    assert not final_path(pacs, "1.2.3.77.3.1").exists()
+    assert list(incoming(pacs).iterdir()) == []
+
+
+def test_an_unreadable_journal_entry_is_kept_and_the_server_starts(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.4.1")
+    entry = journal_entry(pacs, "1.2.3.77.4.1", source)
+    entry.write_bytes(b"not a DICOM file at all")
+
+    pacs.recover()  # logs the failure, does not raise
+
+    assert entry.exists(), "evidence of an acknowledged instance is never deleted"
+    assert not indexed("1.2.3.77.4.1")
+
+
+def test_a_crash_after_the_commit_keeps_one_copy_and_drops_the_journal(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.5.1")
+    assert store(pacs, source).ok
+    (entry,) = incoming(pacs).iterdir()  # not flushed yet: the journal entry is there
+    final = final_path(pacs, "1.2.3.77.5.1")
+    assert entry.suffix == ".ready" and os.path.samefile(entry, final)
+    # the writer dies (kill -9): its commit survives, its journal entry stays
+    digest, _, rest = entry.name.split(".", 2)
+    orphan = entry.rename(entry.with_name(f"{digest}.{dead_pid()}.{rest}"))
+
+    pacs.recover()
+
+    assert not orphan.exists()
+    with connection():
+        assert Instance.select().where(Instance.sop_uid == "1.2.3.77.5.1").count() == 1
+    assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
+
+
+def test_the_journal_is_dropped_once_the_commits_are_durable(make_pacs, tmp_path):
+    recorder = Recorder()
+    pacs = make_pacs(recorder)
+    sources = [
+        make_instance(tmp_path / "in", sop_uid=f"1.2.3.77.6.{i}", series_uid="1.2.3.77.6")
+        for i in range(1, 4)
+    ]
+    for source in sources:
+        assert store(pacs, source).ok
+    assert len(list(incoming(pacs).iterdir())) == 3
+
+    assert pacs.archive.folders.flush() == 3
+
+    assert list(incoming(pacs).iterdir()) == []
+    for i, source in enumerate(sources, start=1):
+        final = final_path(pacs, f"1.2.3.77.6.{i}")
+        assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
+        assert final.stat().st_nlink == 1
+    with connection():
+        assert OutboxEvent.select().count() == 3  # each on_store recorded once
+    assert pacs.archive.folders.flush() == 0
+
+
+def test_a_live_writers_incoming_files_are_left_alone(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.7.1")
+    data, ts = read_dicom_file(source)
+    digest = Path(instance_relpath("1.2.3.77.7.1")).stem
+    writing = incoming(pacs) / f"{digest}.{os.getpid()}.0123456789ab.part"
+    writing.parent.mkdir(parents=True, exist_ok=True)
+    writing.write_bytes(PREAMBLE + data[:100])
+
+    pacs.recover()
+
+    assert writing.exists()
+    assert not indexed("1.2.3.77.7.1")
