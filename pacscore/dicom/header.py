@@ -7,17 +7,22 @@ decoded, and the bytes written to disk are the bytes received.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 import zlib
 from dataclasses import dataclass, fields
 from io import BytesIO
 
+from pydicom import config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.uid import UID
+
+from pacscore.dicom import header_scan
 
 # keyword of each Header field, in tag order
 HEADER_KEYWORDS = {
@@ -48,6 +53,11 @@ HEADER_KEYWORDS = {
     "requesting_service": "RequestingService",
 }
 _TAGS = [Tag(kw) for kw in HEADER_KEYWORDS.values()]
+# Header field and dictionary VR of each index tag, for the fast path
+_FIELDS = {int(Tag(kw)): (name, dictionary_VR(kw)) for name, kw in HEADER_KEYWORDS.items()}
+_VR_BYTES = {tag: vr.encode() for tag, (_, vr) in _FIELDS.items()}
+_WANTED = frozenset(_FIELDS)
+_CHARSET_TAG = 0x00080005
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 # a deflate bomb is refused, not inflated
 _MAX_INFLATED = 512 * 1024 * 1024
@@ -162,6 +172,20 @@ def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
 
 
 def read_header(data: bytes, transfer_syntax: str) -> Header:
+    """The index attributes of a data set, or InvalidDicom.
+
+    Little endian, non-deflated data sets take the byte scanner of
+    header_scan; it declines what it cannot reproduce exactly, and the
+    pydicom path reads those.
+    """
+    try:
+        return _scan_header(data, transfer_syntax)
+    except header_scan.Fallback:
+        return read_header_pydicom(data, transfer_syntax)
+
+
+def read_header_pydicom(data: bytes, transfer_syntax: str) -> Header:
+    """read_header through pydicom: every transfer syntax, slower."""
     ds = parse_dataset(data, transfer_syntax)
     header = Header()
     try:
@@ -170,6 +194,45 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
                 setattr(header, name, _text(ds[keyword]))
     except Exception as exc:  # noqa: BLE001 - value conversion of malformed elements
         raise InvalidDicom(f"cannot decode header attribute: {exc}") from exc
+    _check(header)
+    return header
+
+
+@functools.lru_cache(maxsize=64)
+def _fast_syntax(transfer_syntax: str) -> bool | None:
+    """Implicit VR flag if the scanner reads this transfer syntax, else None."""
+    ts = UID(transfer_syntax)
+    if not ts.is_transfer_syntax or not ts.is_little_endian or ts.is_deflated:
+        return None
+    return ts.is_implicit_VR
+
+
+def _scan_header(data: bytes, transfer_syntax: str) -> Header:
+    """The fast path; raises header_scan.Fallback when the pydicom path must decide."""
+    implicit = _fast_syntax(transfer_syntax)
+    if implicit is None or config.settings.reading_validation_mode == config.RAISE:
+        # strict pydicom refuses invalid values; the scanner does not validate
+        raise header_scan.Fallback("transfer syntax or strict validation")
+    try:
+        kept = header_scan.scan(data, implicit, _WANTED)
+    except header_scan.Truncated as exc:
+        raise InvalidDicom(f"truncated data set: {exc}") from None
+    charset = kept.get(_CHARSET_TAG)
+    raw_charset = None if charset is None else data[charset[1] : charset[1] + charset[2]]
+    header = Header()
+    header.charset, codec = header_scan.codec_of(raw_charset)
+    for tag, (vr, start, length) in kept.items():
+        name, expected_vr = _FIELDS[tag]
+        if vr is not None and vr != _VR_BYTES[tag]:
+            raise header_scan.Fallback("VR differs from the dictionary")
+        if tag != _CHARSET_TAG:
+            value = header_scan.decode(data[start : start + length], expected_vr, codec)
+            setattr(header, name, value)
+    _check(header)
+    return header
+
+
+def _check(header: Header) -> None:
     if not header.sop_uid or not header.study_uid or not header.series_uid:
         raise InvalidDicom("missing SOP Instance, Study or Series Instance UID")
     for uid in (header.sop_uid, header.study_uid, header.series_uid, header.sop_class_uid):
@@ -177,4 +240,3 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
             raise InvalidDicom(f"UID longer than 64 characters: {uid[:80]!r}")
     if len(header.patient_id) > 64:
         raise InvalidDicom("PatientID longer than 64 characters")
-    return header
