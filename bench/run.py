@@ -768,6 +768,7 @@ def profile_pacscore(out: Path, sets, warm_dirs, n_warm: int, n: int) -> str:
                 "record",
                 "--pid",
                 str(server.pid),
+                "--subprocesses",  # the extra DICOM listener processes
                 "--rate",
                 "200",
                 "--format",
@@ -798,6 +799,7 @@ def profile_pacscore(out: Path, sets, warm_dirs, n_warm: int, n: int) -> str:
                 "record",
                 "--pid",
                 str(server.pid),
+                "--subprocesses",  # the extra DICOM listener processes
                 "--rate",
                 "200",
                 "--nonblocking",
@@ -832,7 +834,12 @@ def summarize_profile(raw: Path, rate: float) -> str:
         c = int(count)
         total += c
         frames = stack.split(";")
+        process = ""
+        if frames[0].startswith("process "):  # --subprocesses: which process first
+            process = "listener: " if "dicom-listener" in frames[0] else "main: "
+            frames = frames[1:]
         thread = re.sub(r"\(\d+\)|@\d+", "", frames[0]).replace("thread : ", "").strip()
+        thread = process + thread
         threads[thread] = threads.get(thread, 0) + c
         funcs = [
             f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit("/", 1)[-1] + ")"
@@ -1007,8 +1014,9 @@ def render(
             "## Where pacscore's time goes (py-spy, small instances, 1 association)",
             "",
             "A separate, unmeasured run of the `store small 1 assoc` cell with "
-            "`py-spy record --rate 200 --nonblocking --threads --format raw` attached to the "
-            "server (bench/out/profile-small-store.txt; flame graph of a second pass: "
+            "`py-spy record --subprocesses --rate 200 --nonblocking --threads --format raw` "
+            "attached to the server and its DICOM listener processes "
+            "(bench/out/profile-small-store.txt; flame graph of a second pass: "
             "bench/out/profile-small-store.svg).",
             "",
             profile_note,

@@ -15,6 +15,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from pacscore import sql
 from pacscore.archive import Archive
 from pacscore.config import CORE_SETTINGS, Config
 from pacscore.jobs import Jobs
@@ -124,6 +125,8 @@ class Pacs:
         self.secrets = SecretBox(config.home)
         self.worklist = Worklist(self)
         self.patients = Patients(self)
+        # plugin name -> (stored settings text, validated settings)
+        self._settings_cache: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     # -- start-up ----------------------------------------------------------
 
@@ -175,9 +178,21 @@ class Pacs:
         return send_mail(self, to, subject, text, html=html, kind=kind, reply_to=reply_to)
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
-        """A plugin's settings, validated by its schema (defaults filled in)."""
-        row = PluginState.get_or_none(PluginState.name == name)
-        stored = json.loads(row.settings) if row else {}
+        """A plugin's settings, validated by its schema (defaults filled in).
+
+        Read on every call (a change made by another process applies at once);
+        only the validation is cached, per stored text: hooks such as
+        ``on_store`` ask for their settings once per event.  A shallow copy:
+        do not mutate nested values.
+        """
+        raw = sql.select_value(PluginState, "settings", "name", name)
+        cached = self._settings_cache.get(name)
+        if cached is None or cached[0] != raw:
+            cached = self._settings_cache[name] = (raw, self._load_settings(name, raw))
+        return dict(cached[1])
+
+    def _load_settings(self, name: str, raw: str | None) -> dict[str, Any]:
+        stored = json.loads(raw) if raw else {}
         schema = self.hooks.settings_schema(name)
         if schema is None:
             return stored
