@@ -586,6 +586,14 @@ class Archive:
                 .where(Instance.path.in_([item.path for item in items]))
                 .tuples()
             )
+            doomed = [item for item in items if (item.storage_id, item.path) not in stored_again]
+            # a journal entry is a second link of the file (no space freed without it),
+            # and start-up recovery must not index a deleted instance from it
+            for storage_id in {item.storage_id for item in doomed}:
+                self.folders.drop_journal_entries(
+                    self.folders.by_id(storage_id),
+                    [item.path for item in doomed if item.storage_id == storage_id],
+                )
             emptied = []
             for item in items:
                 try:

@@ -16,8 +16,9 @@ commit but not the ``.ready`` file, which start-up recovery indexes again.
 
 At start-up :func:`recover_incoming` looks at the files of dead writers:
 indexed ones are published (or their journal entry dropped), ``.ready``
-ones without a row are handed back to be indexed, and ``.part`` ones, never
-acknowledged, are deleted.
+ones without a row are handed back to be indexed unless they were deleted
+since (trash), and ``.part`` ones, never acknowledged, are deleted.  Deleting
+an instance deletes its journal entry with its file.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pacscore.models import Instance, Storage, connection, make_commits_durable
+from pacscore.models import Instance, Storage, TrashedFile, connection, make_commits_durable
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,21 @@ class StorageFolders:
             ready.unlink(missing_ok=True)
         return len(batch)
 
+    def drop_journal_entries(self, storage: Storage, relpaths: list[str]) -> int:
+        """Delete the ``.ready`` journal entries (of any process) of deleted files."""
+        digests = {Path(relpath).stem for relpath in relpaths}
+        incoming_dir = Path(storage.path) / INCOMING
+        try:
+            names = os.listdir(incoming_dir)
+        except FileNotFoundError:
+            return 0
+        dropped = 0
+        for name in names:
+            if name.endswith(".ready") and name.split(".", 1)[0] in digests:
+                (incoming_dir / name).unlink(missing_ok=True)
+                dropped += 1
+        return dropped
+
     def _flush_forever(self) -> None:
         while True:
             time.sleep(FLUSH_SECONDS)
@@ -229,7 +245,8 @@ def recover_incoming(
 ) -> tuple[int, int, int]:
     """Finish or discard the writes a crash interrupted; return (published, reindexed,
     discarded).  ``reindex(storage, ready_path, relpath)`` indexes and publishes a
-    complete file whose commit a power loss undid."""
+    complete file whose commit a power loss undid; a file in the trash (deleted
+    after it was stored) is not indexed again.  Run before emptying the trash."""
     published = reindexed = discarded = 0
     for storage in storages:
         incoming_dir = Path(storage.path) / INCOMING
@@ -246,6 +263,11 @@ def recover_incoming(
                 .where((Instance.storage == storage.id) & (Instance.path == relpath))
                 .exists()
             )
+            deleted = (
+                TrashedFile.select()
+                .where((TrashedFile.storage == storage.id) & (TrashedFile.path == relpath))
+                .exists()
+            )
             try:
                 if indexed and not final.exists():
                     final.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +275,7 @@ def recover_incoming(
                     published += 1
                 elif indexed:
                     entry.unlink()  # a journal entry: the final link exists
-                elif entry.suffix == ".ready":
+                elif entry.suffix == ".ready" and not deleted:
                     reindex(storage, entry, relpath)
                     reindexed += 1
                 else:

@@ -23,6 +23,7 @@ from selenium.common.exceptions import (
     NoAlertPresentException,
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.common.by import By
 
@@ -94,6 +95,11 @@ def wait_for(condition, timeout: float = 30, what: str = "condition"):
         try:
             result = condition()
         except (StaleElementReferenceException, NoSuchElementException, NoAlertPresentException):
+            result = None
+        except WebDriverException as exc:
+            # Chromium's wording of a stale element when the page changes under the lookup
+            if "does not belong to the document" not in str(exc):
+                raise
             result = None
         if result:
             return result

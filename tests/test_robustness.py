@@ -365,10 +365,20 @@ def stored_path(pacs, sop_uid: str) -> Path:
 
 
 def thread_count(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads line")
+    """Threads of the server and of its DICOM listener processes (connections go to any)."""
+    total = 0
+    for process in [pid, *child_pids(pid)]:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                total += int(line.split()[1])
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
 
 
 def wait_until(predicate, timeout: float = TIMEOUT, interval: float = 0.05) -> bool:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
-from pacscore.models import Instance, OutboxEvent, connection
+from pacscore.models import Instance, OutboxEvent, Storage, TrashedFile, connection
 from pacscore.storage import INCOMING, instance_relpath
 from tests.dicomgen import make_instance
 from tests.test_outbox import Recorder, drain_all, store
@@ -165,3 +165,39 @@ def test_a_live_writers_incoming_files_are_left_alone(make_pacs, tmp_path):
 
     assert writing.exists()
     assert not indexed("1.2.3.77.7.1")
+
+
+def test_deleting_an_instance_deletes_its_journal_entry_and_frees_the_space(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.8.1")
+    assert store(pacs, source).ok
+    final = final_path(pacs, "1.2.3.77.8.1")
+    assert final.stat().st_nlink == 2  # the final name and the journal entry
+
+    with connection():
+        assert pacs.archive.delete(Instance.select(), reason="test") == 1
+
+    assert not final.exists()
+    assert list(incoming(pacs).iterdir()) == []  # no link left holding the blocks
+    pacs.recover()  # and nothing comes back
+    assert not indexed("1.2.3.77.8.1")
+
+
+def test_a_crash_between_a_deletion_and_its_unlinks_does_not_bring_it_back(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.9.1")
+    # the state after the deletion committed: rows gone, file in the trash,
+    # and the journal entry of the (now dead) process that stored it
+    entry = journal_entry(pacs, "1.2.3.77.9.1", source)
+    final = final_path(pacs, "1.2.3.77.9.1")
+    final.parent.mkdir(parents=True)
+    os.link(entry, final)
+    with connection():
+        storage = Storage.get(Storage.name == "default")
+        TrashedFile.create(storage=storage, path=instance_relpath("1.2.3.77.9.1"))
+
+    pacs.recover()
+
+    assert not indexed("1.2.3.77.9.1")
+    assert not final.exists()
+    assert list(incoming(pacs).iterdir()) == []
