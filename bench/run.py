@@ -835,9 +835,11 @@ def summarize_profile(raw: Path, rate: float) -> str:
         total += c
         frames = stack.split(";")
         process = ""
-        if frames[0].startswith("process "):  # --subprocesses: which process first
+        while frames and frames[0].startswith("process "):  # --subprocesses: parent, child
             process = "listener: " if "dicom-listener" in frames[0] else "main: "
             frames = frames[1:]
+        if not frames:
+            continue
         thread = re.sub(r"\(\d+\)|@\d+", "", frames[0]).replace("thread : ", "").strip()
         thread = process + thread
         threads[thread] = threads.get(thread, 0) + c
