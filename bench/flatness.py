@@ -21,6 +21,8 @@ at 4 000.
 
     .venv/bin/python bench/flatness.py                       # SQLite
     .venv/bin/python bench/flatness.py --db postgresql://postgres@127.0.0.1:5432/flat
+
+A PostgreSQL database named in ``--db`` is dropped and created again first.
 """
 
 from __future__ import annotations
@@ -154,6 +156,28 @@ def _fill_batch(rng, studies, per_study, per_series, storage_id, Patient, Study,
     Instance.insert_many(instances).execute()
 
 
+def recreate_postgres_database(url: str) -> None:
+    """Start from an empty PostgreSQL database (the role must be allowed to create one)."""
+    from urllib.parse import urlparse
+
+    import psycopg2
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    admin = psycopg2.connect(
+        dbname="postgres",
+        user=parsed.username,
+        password=parsed.password,
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", default="", help="database URL (default: SQLite in the home)")
@@ -179,6 +203,8 @@ def main() -> int:
 
     home = args.out / "home"
     shutil.rmtree(home, ignore_errors=True)
+    if args.db.startswith(("postgres://", "postgresql://")):
+        recreate_postgres_database(args.db)
     server = FlatPacscore(home, args.db)
     server.setup()
     server.start()
