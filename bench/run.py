@@ -38,6 +38,8 @@ import gen  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 # PACSCORE_BENCH_CMD="python variant.py" runs another pacscore command line instead
 PACSCORE = shlex.split(os.environ.get("PACSCORE_BENCH_CMD", "")) or [str(VENV_BIN / "pacscore")]
+# PACSCORE_BENCH_DICOM_PROCESSES=N serves with N DICOM processes (default: pacscore's)
+DICOM_PROCESSES = os.environ.get("PACSCORE_BENCH_DICOM_PROCESSES", "")
 ORTHANC = "/usr/sbin/Orthanc"
 DCMTK = "/usr/bin"  # never the venv's pynetdicom scripts of the same names
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -255,6 +257,7 @@ class Pacscore(Server):
                 str(self.http_port),
                 "--hl7-port",
                 str(self.http_port + 1),
+                *(["--dicom-processes", DICOM_PROCESSES] if DICOM_PROCESSES else []),
             ],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
@@ -1007,7 +1010,8 @@ def render(
         "- Orthanc runs with its defaults except ports/AETs/folders, no plugins, "
         "`DicomAlwaysAllow*` true (SyncStorageArea stays on: it fsyncs files like pacscore; "
         "its MaximumPduLength default of 16 KB is kept). pacscore runs with its defaults "
-        "(SQLite index, fsync of file and directory, `synchronous=full`), "
+        "(SQLite index; files fsynced with their `.incoming` directory, store commits "
+        "not waiting for the disk, redone from that journal after a power loss), "
         "`max_find_results=100000`, min free space 0.",
         "",
     ]
