@@ -120,6 +120,8 @@ def import_paths(pacs, paths: list[Path], progress: bool = True) -> ImportReport
             else:
                 report.rejected.append((str(path), result.comment))
             bar.step()
+    # this process ends here: its journal entries would linger until the server restarts
+    pacs.archive.folders.flush()
     return report
 
 

@@ -329,6 +329,8 @@ def test_import_a_messy_folder_then_again(pacs_home, tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
     for uid in good:
         assert stored_file(pacs_home, uid).is_file()
+    # the import flushed its store journal before exiting: no second link is left
+    assert list((pacs_home.home / "storage" / ".incoming").iterdir()) == []
 
     again = pacs_home.cli("import", str(tmp_path / "cd"))
     assert import_counts(again.stdout) == (0, len(good), len(rejected)), again.stdout
