@@ -538,17 +538,16 @@ def write_transaction(sync_commit: bool = True):
                 database.execute_sql("SET LOCAL synchronous_commit TO OFF")
             yield
         return
-    if sync_commit or database.in_transaction():
-        with database.atomic("IMMEDIATE"):
-            yield
-        return
     # per connection, and only outside a transaction: back to FULL for the next user
-    database.execute_sql("PRAGMA synchronous = NORMAL")
+    relaxed = not sync_commit and not database.in_transaction()
+    if relaxed:
+        database.execute_sql("PRAGMA synchronous = NORMAL")
     try:
         with database.atomic("IMMEDIATE"):
             yield
     finally:
-        database.execute_sql("PRAGMA synchronous = FULL")
+        if relaxed:
+            database.execute_sql("PRAGMA synchronous = FULL")
 
 
 def make_commits_durable() -> None:

@@ -47,6 +47,15 @@ def journal_entry(pacs, sop_uid: str, source: Path, suffix: str = ".ready") -> P
     return entry
 
 
+def linked_journal_entry(pacs, sop_uid: str, source: Path) -> tuple[Path, Path]:
+    """A dead writer's journal entry whose final link was made: (entry, final)."""
+    entry = journal_entry(pacs, sop_uid, source)
+    final = final_path(pacs, sop_uid)
+    final.parent.mkdir(parents=True)
+    os.link(entry, final)
+    return entry, final
+
+
 def indexed(sop_uid: str) -> bool:
     with connection():
         return Instance.select().where(Instance.sop_uid == sop_uid).exists()
@@ -73,10 +82,7 @@ def test_a_commit_undone_by_a_power_loss_is_redone_from_the_journal(make_pacs, t
 def test_a_final_link_that_outlived_its_commit_is_indexed_again(make_pacs, tmp_path):
     pacs = make_pacs()
     source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.2.1")
-    entry = journal_entry(pacs, "1.2.3.77.2.1", source)
-    final = final_path(pacs, "1.2.3.77.2.1")
-    final.parent.mkdir(parents=True)
-    os.link(entry, final)
+    _, final = linked_journal_entry(pacs, "1.2.3.77.2.1", source)
 
     pacs.recover()
 
@@ -188,10 +194,7 @@ def test_a_crash_between_a_deletion_and_its_unlinks_does_not_bring_it_back(make_
     source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.9.1")
     # the state after the deletion committed: rows gone, file in the trash,
     # and the journal entry of the (now dead) process that stored it
-    entry = journal_entry(pacs, "1.2.3.77.9.1", source)
-    final = final_path(pacs, "1.2.3.77.9.1")
-    final.parent.mkdir(parents=True)
-    os.link(entry, final)
+    _, final = linked_journal_entry(pacs, "1.2.3.77.9.1", source)
     with connection():
         storage = Storage.get(Storage.name == "default")
         TrashedFile.create(storage=storage, path=instance_relpath("1.2.3.77.9.1"))
