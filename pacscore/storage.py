@@ -237,7 +237,12 @@ def _alive(pid: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # a killed listener whose parent died too stays a zombie until init reaps it
+    try:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def recover_incoming(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
@@ -203,4 +204,24 @@ def test_a_crash_between_a_deletion_and_its_unlinks_does_not_bring_it_back(make_
 
     assert not indexed("1.2.3.77.9.1")
     assert not final.exists()
+    assert list(incoming(pacs).iterdir()) == []
+
+
+def test_a_zombie_writers_journal_is_recovered(make_pacs, tmp_path):
+    """A listener killed with its parent stays a zombie until init reaps it: dead all the same."""
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.10.1")
+    entry = journal_entry(pacs, "1.2.3.77.10.1", source)
+    zombie = subprocess.Popen(["true"])  # exited, not waited for: a zombie
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    digest, _, rest = entry.name.split(".", 2)
+    entry.rename(entry.with_name(f"{digest}.{zombie.pid}.{rest}"))
+
+    pacs.recover()
+    zombie.wait()
+
+    assert indexed("1.2.3.77.10.1")
     assert list(incoming(pacs).iterdir()) == []
