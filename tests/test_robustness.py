@@ -368,7 +368,7 @@ def thread_count(pid: int) -> int:
     """Threads of the server and of its DICOM listener processes (connections go to any)."""
     total = 0
     for process in [pid, *child_pids(pid)]:
-        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+        for line in read_proc(f"/proc/{process}/status").splitlines():
             if line.startswith("Threads:"):
                 total += int(line.split()[1])
     return total
@@ -377,8 +377,16 @@ def thread_count(pid: int) -> int:
 def child_pids(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
+        children += [int(child) for child in read_proc(task / "children").split()]
     return children
+
+
+def read_proc(path) -> str:
+    """A /proc file, or "" when its thread or process ended since it was listed."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def wait_until(predicate, timeout: float = TIMEOUT, interval: float = 0.05) -> bool:
