@@ -3,6 +3,9 @@ home, a real ``pacscore serve`` subprocess on free ports, DCMTK peers."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -120,7 +123,16 @@ class PacsProcess:
         return result
 
     def init(self) -> PacsProcess:
-        self.cli("init", "--db", self.db_url, "--aet", self.aet)
+        """``pacscore init``, run in this process: the same code as the command
+        (tests/test_cli.py runs the command itself), without a second of start-up."""
+        from pacscore import cli, models
+
+        args = argparse.Namespace(
+            home=self.home.absolute(), db=self.db_url, aet=self.aet, admin_password=None
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli.cmd_init(args)
+        models.db.close_all()  # the server, not this process, uses the database from now on
         return self
 
     def start(self, extra_env: dict | None = None, args: tuple[str, ...] = ()) -> PacsProcess:
