@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
@@ -16,6 +17,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 from pacscore.dicom import (
     access,
@@ -44,6 +46,8 @@ QUERY_RETRIEVE = (
 )
 # what we receive per PDU: large enough to read big instances in few reads
 MAX_PDU = 128 * 1024
+# how long stopping the accept loop may wait
+ACCEPT_POLL_SECONDS = 0.05
 
 
 def build_ae(pacs) -> AE:
@@ -108,6 +112,17 @@ def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
     install_extensions(pacs.config.lean_store)
     ae = build_ae(pacs)
     ae.reuse_port = reuse_port
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers(pacs))
+    server = ae.make_server(
+        (host, port), evt_handlers=handlers(pacs), server_class=ThreadedAssociationServer
+    )
+    # start_server(block=False) polls every 0.5 s: each stop of a server would wait that long
+    accept_loop = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": ACCEPT_POLL_SECONDS},
+        name="pacscore-dicom-accept",
+        daemon=True,
+    )
+    accept_loop.start()
+    ae._servers.append(server)  # so that ae.shutdown() stops it, as start_server does
     log.info("DICOM listening on %s:%d as %s", host, port, pacs.config.aet)
     return server

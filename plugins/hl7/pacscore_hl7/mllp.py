@@ -129,7 +129,10 @@ class MllpServer(socketserver.ThreadingTCPServer):
         log.exception("MLLP %s: connection failed", client_address)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="pacscore-hl7", daemon=True)
+        # socketserver's default 0.5 s poll would make every stop wait that long
+        thread = threading.Thread(
+            target=self.serve_forever, args=(0.05,), name="pacscore-hl7", daemon=True
+        )
         thread.start()
         return thread
 
