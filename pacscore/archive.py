@@ -138,7 +138,7 @@ def _insert_or_get(model, unique: str, key: str, values: dict) -> tuple[int, boo
 class Archive:
     def __init__(self, pacs: Pacs) -> None:
         self.pacs = pacs
-        self.folders = StorageFolders()
+        self.folders = StorageFolders(pacs.config.sync_directories)
 
     # -- storing -------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Config:
     hl7_port: int = 2575
     dicom_processes: int = 0  # DICOM listener processes; 0: one per core
     lean_store: bool = True  # C-STORE in the DUL thread (dicom/lean_store.py)
+    sync_directories: bool = False  # fsync .incoming after each file (storage.py)
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property

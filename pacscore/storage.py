@@ -1,11 +1,16 @@
 """Storage folders: where a new file goes, how it is written durably, and
 how a restart finishes or discards writes that a crash interrupted.
 
-A file is written to ``<folder>/.incoming/<name>.<pid>.<random>.part``,
-fsynced, renamed to ``.ready`` (complete) and its directory fsynced; then
-its index row is committed; then it is published at its final place
+A file is written to ``<folder>/.incoming/<name>.<pid>.<random>.<size>.part``,
+renamed to ``.ready`` once every byte is written, then fsynced: on the
+journaling file systems of Linux (ext4, XFS, btrfs) that one fsync makes the
+data and the new name durable together (``sync_directories`` adds an fsync
+of the directory, for file systems where it does not); then its index row is
+committed; then it is published at its final place
 ``<folder>/<aa>/<bb>/<name>.dcm``, where ``name`` is a SHA-256 of the SOP
-Instance UID (UIDs are never used as paths).
+Instance UID (UIDs are never used as paths).  The size in the name tells
+recovery whether a ``.ready`` file that a power loss interrupted before its
+fsync is whole.
 
 When the commit was synchronous the ``.ready`` file is simply renamed.  A
 C-STORE commits without waiting for the disk (see ``write_transaction``):
@@ -17,7 +22,8 @@ commit but not the ``.ready`` file, which start-up recovery indexes again.
 At start-up :func:`recover_incoming` looks at the files of dead writers:
 indexed ones are published (or their journal entry dropped), ``.ready``
 ones without a row are handed back to be indexed unless they were deleted
-since (trash), and ``.part`` ones, never acknowledged, are deleted.  Deleting
+since (trash) or are shorter than their name says, and ``.part`` ones,
+never acknowledged, are deleted.  Deleting
 an instance deletes its journal entry with its file.
 """
 
@@ -30,7 +36,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacscore.models import Instance, Storage, TrashedFile, connection, make_commits_durable
@@ -84,7 +90,8 @@ class StorageFolders:
 
     CACHE_SECONDS = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, sync_directories: bool = False) -> None:
+        self.sync_directories = sync_directories
         self._cache: list[Storage] = []
         self._loaded_at = 0.0
         self._known_dirs: set[Path] = set()
@@ -129,13 +136,19 @@ class StorageFolders:
     def absolute(self, storage: Storage, relpath: str) -> Path:
         return Path(storage.path) / relpath
 
-    def write_incoming(self, storage: Storage, relpath: str, chunks: Iterable[bytes]) -> Path:
+    def write_incoming(self, storage: Storage, relpath: str, chunks: Sequence[bytes]) -> Path:
         """Write ``chunks`` durably under the folder's incoming area; return the ``.ready`` path."""
         incoming_dir = Path(storage.path) / INCOMING
-        self._ensure_dir(incoming_dir)
-        name = Path(relpath).stem
-        # the writer's pid in the name: recovery never discards a live writer's file
-        part = incoming_dir / f"{name}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        if incoming_dir not in self._known_dirs:
+            self._ensure_dir(incoming_dir)
+            _fsync_dir(incoming_dir.parent)  # once: the area itself must survive a power loss
+        size = sum(len(chunk) for chunk in chunks)
+        # the writer's pid: recovery never discards a live writer's file; the size: it
+        # never indexes a .ready file cut short by a power loss before its fsync
+        part = (
+            incoming_dir / f"{Path(relpath).stem}.{os.getpid()}.{secrets.token_hex(6)}.{size}.part"
+        )
+        ready = part.with_suffix(".ready")
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             for chunk in chunks:
@@ -143,18 +156,17 @@ class StorageFolders:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            ready = part.with_suffix(".ready")
+            # renamed before the fsync: the fsync then commits the name with the data
             os.rename(part, ready)
+            os.fsync(fd)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
             part.unlink(missing_ok=True)
+            ready.unlink(missing_ok=True)
             raise
-        # the name must survive a power loss too: recovery looks for it
-        _fsync_dir(incoming_dir)
+        finally:
+            os.close(fd)
+        if self.sync_directories:
+            _fsync_dir(incoming_dir)
         return ready
 
     def publish(self, ready: Path, storage: Storage, relpath: str, journal: bool = False) -> Path:
@@ -245,6 +257,18 @@ def _alive(pid: str) -> bool:
     return state != "Z"
 
 
+def _whole(ready: Path) -> bool:
+    """Whether a ``.ready`` file has the size its name records (names without one,
+    written before the size was recorded, were fsynced before their rename)."""
+    fields = ready.name.split(".")
+    if len(fields) < 5:
+        return True
+    whole = ready.stat().st_size == int(fields[3])
+    if not whole:
+        log.warning("%s is shorter than written (never acknowledged): discarded", ready)
+    return whole
+
+
 def recover_incoming(
     storages: list[Storage], reindex: Callable[[Storage, Path, str], None]
 ) -> tuple[int, int, int]:
@@ -280,7 +304,7 @@ def recover_incoming(
                     published += 1
                 elif indexed:
                     entry.unlink()  # a journal entry: the final link exists
-                elif entry.suffix == ".ready" and not deleted:
+                elif entry.suffix == ".ready" and not deleted and _whole(entry):
                     reindex(storage, entry, relpath)
                     reindexed += 1
                 else:

@@ -41,10 +41,11 @@ def journal_entry(pacs, sop_uid: str, source: Path, suffix: str = ".ready") -> P
     """The incoming file a dead writer left for ``source`` (as the archive writes it)."""
     data, ts = read_dicom_file(source)
     meta = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, ts, "MODALITY")
+    content = PREAMBLE + meta + data
     digest = Path(instance_relpath(sop_uid)).stem
-    entry = incoming(pacs) / f"{digest}.{dead_pid()}.0123456789ab{suffix}"
+    entry = incoming(pacs) / f"{digest}.{dead_pid()}.0123456789ab.{len(content)}{suffix}"
     entry.parent.mkdir(parents=True, exist_ok=True)
-    entry.write_bytes(PREAMBLE + meta + data)
+    entry.write_bytes(content)
     return entry
 
 
@@ -105,11 +106,38 @@ def test_a_half_written_file_of_a_dead_writer_is_discarded(make_pacs, tmp_path):
     assert list(incoming(pacs).iterdir()) == []
 
 
+def test_a_ready_file_cut_short_by_a_power_loss_is_discarded(make_pacs, tmp_path):
+    """Renamed .ready, then the power went before its fsync: never acknowledged."""
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.10.1")
+    entry = journal_entry(pacs, "1.2.3.77.10.1", source)
+    entry.write_bytes(entry.read_bytes()[:-100])  # the header is whole, the pixels are not
+
+    pacs.recover()
+
+    assert not indexed("1.2.3.77.10.1")
+    assert not final_path(pacs, "1.2.3.77.10.1").exists()
+    assert list(incoming(pacs).iterdir()) == []
+
+
+def test_a_ready_file_named_as_before_sizes_were_recorded_is_indexed(make_pacs, tmp_path):
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.11.1")
+    entry = journal_entry(pacs, "1.2.3.77.11.1", source)
+    digest, pid, random, _size, suffix = entry.name.split(".")
+    entry.rename(entry.with_name(f"{digest}.{pid}.{random}.{suffix}"))
+
+    pacs.recover()
+
+    assert indexed("1.2.3.77.11.1")
+    assert list(incoming(pacs).iterdir()) == []
+
+
 def test_an_unreadable_journal_entry_is_kept_and_the_server_starts(make_pacs, tmp_path):
     pacs = make_pacs()
     source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.4.1")
     entry = journal_entry(pacs, "1.2.3.77.4.1", source)
-    entry.write_bytes(b"not a DICOM file at all")
+    entry.write_bytes(b"not DICOM ".ljust(entry.stat().st_size, b"!"))  # whole, unreadable
 
     pacs.recover()  # logs the failure, does not raise
 
@@ -164,7 +192,7 @@ def test_a_live_writers_incoming_files_are_left_alone(make_pacs, tmp_path):
     source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.7.1")
     data, ts = read_dicom_file(source)
     digest = Path(instance_relpath("1.2.3.77.7.1")).stem
-    writing = incoming(pacs) / f"{digest}.{os.getpid()}.0123456789ab.part"
+    writing = incoming(pacs) / f"{digest}.{os.getpid()}.0123456789ab.{len(data)}.part"
     writing.parent.mkdir(parents=True, exist_ok=True)
     writing.write_bytes(PREAMBLE + data[:100])
 
