@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -123,16 +124,27 @@ class PacsProcess:
         return result
 
     def init(self) -> PacsProcess:
-        """``pacscore init``, run in this process: the same code as the command
-        (tests/test_cli.py runs the command itself), without a second of start-up."""
-        from pacscore import cli, models
+        """``pacscore init`` without a second of interpreter start-up: the command's own
+        function in a fork of this process (which may hold its own database binding;
+        tests/test_cli.py runs the command itself)."""
+        from pacscore import cli
 
         args = argparse.Namespace(
             home=self.home.absolute(), db=self.db_url, aet=self.aet, admin_password=None
         )
-        with contextlib.redirect_stdout(io.StringIO()):
-            cli.cmd_init(args)
-        models.db.close_all()  # the server, not this process, uses the database from now on
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    code = cli.cmd_init(args)
+            except BaseException:  # noqa: BLE001 - reported by the parent
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise AssertionError(f"pacscore init of {self.home} failed (see stderr)")
         return self
 
     def start(self, extra_env: dict | None = None, args: tuple[str, ...] = ()) -> PacsProcess:
