@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
 from pacscore.models import Instance, OutboxEvent, Storage, TrashedFile, connection
 from pacscore.storage import INCOMING, instance_relpath
@@ -253,3 +255,54 @@ def test_a_zombie_writers_journal_is_recovered(make_pacs, tmp_path):
 
     assert indexed("1.2.3.77.10.1")
     assert list(incoming(pacs).iterdir()) == []
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named-part"])
+def test_a_write_that_fails_midway_leaves_no_file(make_pacs, tmp_path, unnamed):
+    """A disk error in the middle of a file: nothing half-written stays anywhere."""
+    pacs = make_pacs()
+    folders = pacs.archive.folders
+    folders._tmpfile = unnamed
+    relpath = instance_relpath("1.2.3.77.12.1")
+
+    class Chunks(list):
+        """Sized like the data (first pass); the disk fills up while writing (second)."""
+
+        passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            return super().__iter__() if self.passes == 1 else self.fail_after_first()
+
+        def fail_after_first(self):
+            yield self[0]
+            raise OSError(28, "No space left on device")
+
+    with connection():
+        storage = Storage.get(Storage.name == "default")
+    with pytest.raises(OSError, match="No space"):
+        folders.write_incoming(storage, relpath, Chunks([b"\0" * 128, b"\0" * 64]))
+
+    assert files_under(pacs.config.home / "storage") == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named-part"])
+def test_both_ways_of_creating_a_file_store_the_same_bytes(make_pacs, tmp_path, unnamed):
+    """Unnamed files (O_TMPFILE) where the file system has them, named .part files
+    elsewhere: the stored file and its journal entry are the same."""
+    pacs = make_pacs()
+    pacs.archive.folders._tmpfile = unnamed
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.13.1")
+
+    assert store(pacs, source).ok
+
+    final = final_path(pacs, "1.2.3.77.13.1")
+    (entry,) = incoming(pacs).iterdir()
+    assert entry.suffix == ".ready" and os.path.samefile(entry, final)
+    assert int(entry.name.split(".")[3]) == final.stat().st_size
+    assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
+    assert files_under(pacs.config.home / "storage") == sorted([entry, final])
