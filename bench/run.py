@@ -1010,8 +1010,8 @@ def render(
         "- Orthanc runs with its defaults except ports/AETs/folders, no plugins, "
         "`DicomAlwaysAllow*` true (SyncStorageArea stays on: it fsyncs files like pacscore; "
         "its MaximumPduLength default of 16 KB is kept). pacscore runs with its defaults "
-        "(SQLite index; files fsynced with their `.incoming` directory, store commits "
-        "not waiting for the disk, redone from that journal after a power loss), "
+        "(SQLite index; each file fsynced once, with its `.incoming` journal name; store "
+        "commits not waiting for the disk, redone from that journal after a power loss), "
         "`max_find_results=100000`, min free space 0.",
         "",
     ]

@@ -32,6 +32,7 @@ Deleting an instance deletes its journal entry with its file.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import logging
 import os
@@ -196,8 +197,10 @@ class StorageFolders:
         if self._tmpfile:
             try:
                 return os.open(final_dir, os.O_TMPFILE | os.O_WRONLY, 0o640), None
-            except OSError as exc:  # a file system without O_TMPFILE
-                log.info("unnamed files unavailable in %s (%s): named .part files", final_dir, exc)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise  # a full disk, a permission: the store fails as it would anyway
+                log.info("no O_TMPFILE in %s (%s): named .part files", final_dir, exc.strerror)
                 self._tmpfile = False
         return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), part
 
