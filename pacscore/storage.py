@@ -227,7 +227,7 @@ class StorageFolders:
             self._journal.append((Path(storage.path), ready))
             if self._flusher is None:
                 self._flusher = threading.Thread(
-                    target=self._flush_forever, name="pacscore-flush", daemon=True
+                    target=self._flush_while_journaled, name="pacscore-flush", daemon=True
                 )
                 self._flusher.start()
         return final
@@ -262,9 +262,15 @@ class StorageFolders:
                 dropped += 1
         return dropped
 
-    def _flush_forever(self) -> None:
+    def _flush_while_journaled(self) -> None:
+        """The flush thread: about every second while entries wait, then it ends (the
+        next publish starts another), so that an idle archive holds no thread."""
         while True:
             time.sleep(FLUSH_SECONDS)
+            with self._journal_lock:
+                if not self._journal:
+                    self._flusher = None
+                    return
             try:
                 self.flush()
             except Exception:  # noqa: BLE001 - retried; recovery covers the journal anyway

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -63,6 +66,90 @@ def wait_for_port(port: int, timeout: float = 30, process: subprocess.Popen | No
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+# -- the command line ----------------------------------------------------------------
+
+
+def run_cli(
+    args: list[str], env: dict | None = None, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python -m pacscore ARGS``, with its exit status, stdout and stderr.
+
+    Python's start-up and imports cost about half a second per command, so
+    the command runs in a fork of this process when that is the same thing:
+    no other thread here (a fork copies only this one, and any lock another
+    holds) and the same PYTHONPATH (which decides the installed plugins).
+    """
+    env = dict(os.environ if env is None else env)
+    if threading.active_count() > 1 or env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
+        return subprocess.run(
+            [sys.executable, "-m", "pacscore", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=env,
+            timeout=timeout,
+        )
+    stdin, stdout, stderr = (tempfile.TemporaryFile() for _ in range(3))  # noqa: SIM115
+    with stdin, stdout, stderr:
+        stdin.write((input or "").encode())
+        stdin.seek(0)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            _run_cli_in_child(args, env, stdin, stdout, stderr)
+        status = _wait_for(pid, timeout, args)
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(
+            [sys.executable, "-m", "pacscore", *args],
+            status,
+            stdout.read().decode(errors="replace"),
+            stderr.read().decode(errors="replace"),
+        )
+
+
+def _run_cli_in_child(args: list[str], env: dict, stdin, stdout, stderr) -> None:
+    """What ``python -m pacscore`` does (``sys.exit(main())``), then ``os._exit``."""
+    from pacscore import cli
+
+    code = 1
+    try:
+        for fd, file in ((0, stdin), (1, stdout), (2, stderr)):
+            os.dup2(file.fileno(), fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the child exits with os._exit
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(env)
+        # a fresh interpreter's logging: pytest's capture handlers would swallow the messages
+        logging.root.handlers.clear()
+        logging.root.setLevel(logging.WARNING)
+        logging.disable(logging.NOTSET)
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse: --help, usage errors
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, status 1
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_for(pid: int, timeout: float, args: list[str]) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise subprocess.TimeoutExpired(["pacscore", *args], timeout)
+        time.sleep(0.005)
+
+
 # -- databases -------------------------------------------------------------------
 
 
@@ -108,14 +195,7 @@ class PacsProcess:
         self.log_path = home.parent / f"{home.name}-serve.log"
 
     def cli(self, *args: str, check: bool = True, input: str | None = None, env=None):
-        result = subprocess.run(
-            [sys.executable, "-m", "pacscore", "--home", str(self.home), *args],
-            capture_output=True,
-            text=True,
-            input=input,
-            env=env or self.env,
-            timeout=300,
-        )
+        result = run_cli(["--home", str(self.home), *args], env=env or self.env, input=input)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"pacscore {' '.join(args)} exited {result.returncode}:\n"

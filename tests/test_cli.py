@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from pydicom.filewriter import dcmwrite
 
 from pacscore.cli import build_parser
 from pacscore.storage import instance_relpath
-from tests.conftest import PacsProcess, free_port
+from tests.conftest import PacsProcess, free_port, run_cli
 from tests.dicomgen import make_instance
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,13 +29,7 @@ FINDER = "FINDER"
 
 def pacscore(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``pacscore`` without ``--home`` (for ``--help`` and argument errors)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pacscore", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return run_cli(list(args), env=env, timeout=60)
 
 
 def sop_uid(path: Path) -> str:

@@ -306,3 +306,18 @@ def test_both_ways_of_creating_a_file_store_the_same_bytes(make_pacs, tmp_path, 
     assert int(entry.name.split(".")[3]) == final.stat().st_size
     assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
     assert files_under(pacs.config.home / "storage") == sorted([entry, final])
+
+
+def test_the_flush_thread_ends_once_the_journal_is_empty(make_pacs, tmp_path):
+    """An idle archive holds no thread (an embedding application, a test process)."""
+    pacs = make_pacs()
+    assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.1")).ok
+    flusher = pacs.archive.folders._flusher
+    assert flusher is not None and flusher.is_alive()
+
+    flusher.join(timeout=10)
+
+    assert not flusher.is_alive()
+    assert list(incoming(pacs).iterdir()) == []  # it flushed before ending
+    assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.2")).ok
+    assert pacs.archive.folders._flusher.is_alive()  # the next store starts another
