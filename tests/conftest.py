@@ -3,9 +3,6 @@ home, a real ``pacscore serve`` subprocess on free ports, DCMTK peers."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import logging
 import os
 import shutil
@@ -204,27 +201,7 @@ class PacsProcess:
         return result
 
     def init(self) -> PacsProcess:
-        """``pacscore init`` without a second of interpreter start-up: the command's own
-        function in a fork of this process (which may hold its own database binding;
-        tests/test_cli.py runs the command itself)."""
-        from pacscore import cli
-
-        args = argparse.Namespace(
-            home=self.home.absolute(), db=self.db_url, aet=self.aet, admin_password=None
-        )
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    code = cli.cmd_init(args)
-            except BaseException:  # noqa: BLE001 - reported by the parent
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise AssertionError(f"pacscore init of {self.home} failed (see stderr)")
+        self.cli("init", "--db", self.db_url, "--aet", self.aet)
         return self
 
     def start(self, extra_env: dict | None = None, args: tuple[str, ...] = ()) -> PacsProcess:
