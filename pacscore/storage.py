@@ -88,6 +88,19 @@ def _sync_file_system(path: Path) -> None:
         os.close(fd)
 
 
+AT_FDCWD, AT_SYMLINK_FOLLOW = -100, 0x400
+
+
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed (O_TMPFILE) file open as ``fd`` the name ``path``: linkat(2)
+    of ``/proc/self/fd/N`` with AT_SYMLINK_FOLLOW (os.link passes that flag only
+    along with a directory fd)."""
+    source = f"/proc/self/fd/{fd}".encode()
+    if _libc.linkat(AT_FDCWD, source, AT_FDCWD, os.fsencode(path), AT_SYMLINK_FOLLOW) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(path))
+
+
 class StorageFolders:
     """The storage folders of the archive, cached briefly to keep the hot path lean."""
 
@@ -96,7 +109,6 @@ class StorageFolders:
     def __init__(self, sync_directories: bool = False) -> None:
         self.sync_directories = sync_directories
         self._tmpfile = hasattr(os, "O_TMPFILE")
-        self._dir_fds: dict[Path, int] = {}  # the .incoming folders, to link unnamed files
         self._cache: list[Storage] = []
         self._loaded_at = 0.0
         self._known_dirs: set[Path] = set()
@@ -163,8 +175,7 @@ class StorageFolders:
                     view = view[written:]
             # named .ready before the fsync: the fsync then commits the name with the data
             if part is None:
-                # linkat(AT_SYMLINK_FOLLOW), which os.link uses only when given a dir_fd
-                os.link(f"/proc/self/fd/{fd}", ready.name, dst_dir_fd=self._dir_fd(incoming_dir))
+                _link_unnamed(fd, ready)
             else:
                 os.rename(part, ready)
             os.fsync(fd)
@@ -178,12 +189,6 @@ class StorageFolders:
         if self.sync_directories:
             _fsync_dir(incoming_dir)
         return ready
-
-    def _dir_fd(self, path: Path) -> int:
-        with self._lock:
-            if path not in self._dir_fds:
-                self._dir_fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY)
-            return self._dir_fds[path]
 
     def _create(self, final_dir: Path, part: Path) -> tuple[int, Path | None]:
         """A new file to write: unnamed (O_TMPFILE) in its final folder, else ``part``.
