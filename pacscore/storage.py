@@ -156,8 +156,7 @@ class StorageFolders:
     def write_incoming(self, storage: Storage, relpath: str, chunks: Sequence[bytes]) -> Path:
         """Write ``chunks`` durably under the folder's incoming area; return the ``.ready`` path."""
         incoming_dir = Path(storage.path) / INCOMING
-        if incoming_dir not in self._known_dirs:
-            self._ensure_dir(incoming_dir)
+        if self._ensure_dir(incoming_dir):
             _fsync_dir(incoming_dir.parent)  # once: the area itself must survive a power loss
         final_dir = self.absolute(storage, relpath).parent
         self._ensure_dir(final_dir)
@@ -281,11 +280,13 @@ class StorageFolders:
             except Exception:  # noqa: BLE001 - retried; recovery covers the journal anyway
                 log.exception("cannot flush the storage journal")
 
-    def _ensure_dir(self, path: Path) -> None:
+    def _ensure_dir(self, path: Path) -> bool:
+        """Create ``path`` unless known to exist; True the first time this process sees it."""
         if path in self._known_dirs:
-            return
+            return False
         path.mkdir(parents=True, exist_ok=True)
         self._known_dirs.add(path)
+        return True
 
 
 def _alive(pid: str) -> bool:

@@ -76,10 +76,11 @@ def run_cli(
     no other thread here (a fork copies only this one, and any lock another
     holds) and the same PYTHONPATH (which decides the installed plugins).
     """
+    command = [sys.executable, "-m", "pacscore", *args]
     env = dict(os.environ if env is None else env)
     if threading.active_count() > 1 or env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
         return subprocess.run(
-            [sys.executable, "-m", "pacscore", *args],
+            command,
             capture_output=True,
             text=True,
             input=input,
@@ -97,7 +98,7 @@ def run_cli(
         stdout.seek(0)
         stderr.seek(0)
         return subprocess.CompletedProcess(
-            [sys.executable, "-m", "pacscore", *args],
+            command,
             status,
             stdout.read().decode(errors="replace"),
             stderr.read().decode(errors="replace"),

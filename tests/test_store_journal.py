@@ -95,30 +95,23 @@ def test_a_final_link_that_outlived_its_commit_is_indexed_again(make_pacs, tmp_p
     assert list(incoming(pacs).iterdir()) == []
 
 
-def test_a_half_written_file_of_a_dead_writer_is_discarded(make_pacs, tmp_path):
+@pytest.mark.parametrize(
+    ("suffix", "keep"),
+    [(".part", 2000), (".ready", -100)],
+    ids=["half-written-part", "ready-cut-short-by-a-power-loss"],
+)
+def test_a_never_acknowledged_file_of_a_dead_writer_is_discarded(make_pacs, tmp_path, suffix, keep):
+    """A ``.part`` is never whole; a ``.ready`` shorter than its name says lost its tail
+    to a power loss before its fsync (the header is whole, the pixels are not)."""
     pacs = make_pacs()
     source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.3.1")
-    entry = journal_entry(pacs, "1.2.3.77.3.1", source, suffix=".part")
-    entry.write_bytes(entry.read_bytes()[:2000])  # never acknowledged: it was not complete
+    entry = journal_entry(pacs, "1.2.3.77.3.1", source, suffix=suffix)
+    entry.write_bytes(entry.read_bytes()[:keep])
 
     pacs.recover()
 
     assert not indexed("1.2.3.77.3.1")
     assert not final_path(pacs, "1.2.3.77.3.1").exists()
-    assert list(incoming(pacs).iterdir()) == []
-
-
-def test_a_ready_file_cut_short_by_a_power_loss_is_discarded(make_pacs, tmp_path):
-    """Renamed .ready, then the power went before its fsync: never acknowledged."""
-    pacs = make_pacs()
-    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.10.1")
-    entry = journal_entry(pacs, "1.2.3.77.10.1", source)
-    entry.write_bytes(entry.read_bytes()[:-100])  # the header is whole, the pixels are not
-
-    pacs.recover()
-
-    assert not indexed("1.2.3.77.10.1")
-    assert not final_path(pacs, "1.2.3.77.10.1").exists()
     assert list(incoming(pacs).iterdir()) == []
 
 
