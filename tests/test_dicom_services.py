@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE, StoragePresentationContexts, _config
+from pynetdicom import StoragePresentationContexts, _config
 
+from pacscore.dicom.scu import client_ae
 from tests.conftest import (
     DCMTK_ENV,
     PacsProcess,
@@ -129,7 +130,7 @@ def raw_store(server, paths: list[Path], aet: str = "RAWSCU") -> list[int]:
     """Send files with pynetdicom exactly as they are on disk; return the statuses."""
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        ae = AE(ae_title=aet)
+        ae = client_ae(aet, timeout=30)
         for path in paths:
             ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
             sop_class = str(dcmread(path, stop_before_pixels=True).SOPClassUID)

@@ -38,6 +38,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from pacscore.archive import read_dicom_file
+from pacscore.dicom.scu import client_ae
 from tests.conftest import run_dcmtk
 from tests.dicomgen import dataset_bytes, make_instance
 
@@ -279,8 +280,7 @@ def implicit_element(group: int, elem: int, value: bytes) -> bytes:
 
 
 def scu_ae() -> AE:
-    ae = AE(ae_title=CALLING_AET)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    ae = client_ae(CALLING_AET, TIMEOUT)
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from pacscore.archive import read_dicom_file
+from pacscore.dicom.scu import client_ae
 from pacscore.dicom.server import start_dicom_server
 from pacscore.hookspecs import hookimpl
 from pacscore.models import Node, OutboxEvent, Patient, Study, connection
@@ -212,7 +212,7 @@ def test_a_station_may_see_only_its_own_steps(recorded):
 
 
 def _stations(port: int, aet: str) -> list[str]:
-    ae = AE(ae_title=aet)
+    ae = client_ae(aet, timeout=30)
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACSCORE")
     assert assoc.is_established

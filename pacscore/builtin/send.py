@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from pynetdicom import AE
-
 from pacscore import audit
 from pacscore.archive import read_dicom_file
 from pacscore.dicom import rawsend
 from pacscore.dicom.retrieve import presentation_contexts
+from pacscore.dicom.scu import client_ae
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import JobHandler
 from pacscore.models import Instance, Node, Series, Study
@@ -42,9 +41,7 @@ def send_study(pacs, payload: dict) -> None:
     if node is None:
         raise SendFailed(f"no node named {payload['node']!r}")
     instances = _instances(payload["study_uid"])
-    rawsend.install()
-    ae = AE(ae_title=pacs.config.aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae = client_ae(pacs.config.aet, TIMEOUT_SECONDS)
     assoc = ae.associate(
         node.host, node.port, contexts=presentation_contexts(instances), ae_title=node.aet
     )

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacscore.archive import read_dicom_file
-from pacscore.dicom import nodelay, rawsend
+from pacscore.dicom import nodelay, rawsend, reply_race
 from pacscore.models import Node
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -50,10 +50,12 @@ def describe(node: Node) -> str:
     return f"{node.name} ({node.aet}@{node.host}:{node.port})"
 
 
-def _ae(calling_aet: str, timeout: float) -> AE:
-    # the same extensions as the listener: no Nagle delay, stored bytes sent as they are
+def client_ae(calling_aet: str, timeout: float) -> AE:
+    """An AE for pacscore as a client, with ``timeout`` for ACSE, DIMSE and the network."""
+    # the listener's extensions: no Nagle delay, stored bytes sent as they are, no lost reply
     nodelay.install()
     rawsend.install()
+    reply_race.install()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae
@@ -69,8 +71,7 @@ def _associate(ae: AE, node: Node, **kwargs):
 
 def echo(node: Node, calling_aet: str, timeout: float = 10) -> float:
     """C-ECHO ``node``; return the round trip in milliseconds or raise EchoFailed."""
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = client_ae(calling_aet, timeout)
     ae.add_requested_context(Verification)
     started = time.perf_counter()
     assoc = ae.associate(node.host, node.port, ae_title=node.aet)
@@ -91,7 +92,7 @@ def echo(node: Node, calling_aet: str, timeout: float = 10) -> float:
 
 def find(node: Node, calling_aet: str, identifier: Dataset, timeout: float = 30) -> list[Dataset]:
     """Study Root C-FIND: return every matching identifier, or raise ScuError."""
-    ae = _ae(calling_aet, timeout)
+    ae = client_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = _associate(ae, node)
     matches = []
@@ -169,7 +170,7 @@ def move_study(
     when the association fails, the node answers a failure, or a
     sub-operation failed.
     """
-    ae = _ae(calling_aet, timeout)
+    ae = client_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = _associate(ae, node)
     result = MoveResult()
@@ -346,7 +347,7 @@ def store_files(
     if not files:
         return report
     preferred = getattr(node, "preferred_transfer_syntax", "") or ""
-    ae = _ae(calling_aet, timeout)
+    ae = client_ae(calling_aet, timeout)
     ae.maximum_pdu_size = max_pdu
     assoc = _associate(ae, node, contexts=store_contexts(files, preferred))
     try:

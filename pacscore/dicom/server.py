@@ -26,6 +26,7 @@ from pacscore.dicom import (
     nodelay,
     rawsend,
     reactor_waits,
+    reply_race,
     reuseport,
 )
 from pacscore.dicom.find import handle_find
@@ -97,6 +98,7 @@ def install_extensions(lean_store_path: bool = True) -> None:
     reuseport.install()
     dul_guard.install()
     reactor_waits.install()
+    reply_race.install()
     if lean_store_path:
         lean_store.install()
     # pynetdicom formats every identifier for its log even when nobody reads it

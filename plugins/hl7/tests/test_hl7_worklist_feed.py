@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
+from pacscore.dicom.scu import client_ae
 from tests.conftest import db_url, pacs_home, run_dcmtk, wait_for_port  # noqa: F401 - fixtures
 from tests.dicomgen import make_instance
 
@@ -80,7 +80,7 @@ def hl7_server(pacs_home):  # noqa: F811 - the fixture imported above
 
 
 def mpps(server, action: str, mpps_uid: str, ds: Dataset, aet: str = MODALITY_AET) -> int:
-    ae = AE(ae_title=aet)
+    ae = client_ae(aet, timeout=30)
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
     assert assoc.is_established
