@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pacscore vs Orthanc, same data, same DCMTK clients, same machine, one run.
 
-    /work/main/.venv/bin/python bench/run.py [--large N] [--small N] [--out DIR]
+    .venv/bin/python bench/run.py [--large N] [--small N] [--out DIR]
 
 The script re-executes itself under ``unshare --net`` (a private network
 namespace with only ``lo`` up) so neither server listens on a real
