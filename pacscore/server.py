@@ -21,7 +21,12 @@ from waitress.server import create_server
 
 from pacscore.dicom.server import start_dicom_server
 from pacscore.jobs import JobWorkers
-from pacscore.listeners import ListenerProcesses, dicom_process_count, ensure_port_free
+from pacscore.listeners import (
+    ListenerProcesses,
+    dicom_process_count,
+    ensure_port_free,
+    freeze_startup_objects,
+)
 from pacscore.models import connection
 from pacscore.outbox import Dispatcher
 from pacscore.scheduler import Scheduler
@@ -89,6 +94,7 @@ def serve(pacs, log_level: str = "INFO") -> None:
     with connection():
         pacs.hooks.call_each("on_startup", pacs=pacs)
     log.info("pacscore ready (%d DICOM listener processes)", processes)
+    freeze_startup_objects()
 
     while not stop.wait(0.5):
         listeners.watch()

@@ -10,12 +10,13 @@ Both sleeps become waits that end as soon as there is work:
 
 * the DUL thread waits on its socket and on a wake-up socket pair written to
   whenever a primitive is queued for it to send (``to_provider_queue``);
-* the acceptor thread waits on an event set whenever something is queued for
-  it (a complete DIMSE message in ``dimse.msg_queue``, a release or abort
-  primitive in ``dul.to_user_queue``).  A requestor's (our C-MOVE
-  sub-associations, the SCU helpers) keeps pynetdicom's 1 ms polling: a
-  ``send_c_store`` from another thread waits until that loop reaches its
-  pause point, and a blocking wait there cost 50 ms per instance sent.
+* the association thread waits on an event set whenever something is queued
+  for it (a complete DIMSE message in ``dimse.msg_queue``, a release or abort
+  primitive in ``dul.to_user_queue``) and whenever its reactor checkpoint is
+  cleared or set.  A ``send_*`` (our C-MOVE sub-associations, the SCU
+  helpers, a C-GET's C-STOREs) clears the checkpoint, then waits until the
+  loop reaches its pause point: with pynetdicom's 1 ms sleep that wait was
+  up to a millisecond per message sent, most of a C-MOVE's time per instance.
 
 Both still wake every ``MAX_WAIT`` seconds, so timers (ARTIM, idle timeout)
 and flags set without a queue (``kill()``) keep working.  The loops
@@ -55,6 +56,26 @@ class NotifyingQueue(queue.Queue):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._notify()
+
+
+class _WakingCheckpoint(threading.Event):
+    """An association's reactor checkpoint that wakes the loop when it changes.
+
+    A ``send_*`` clears it, then waits for the loop to say it is paused; the
+    loop says so at the start of its next turn, which this brings forward.
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self._wake_loop = _assoc_event(assoc).set
+
+    def set(self) -> None:
+        super().set()
+        self._wake_loop()
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake_loop()
 
 
 def _assoc_event(assoc: Association) -> threading.Event:
@@ -114,9 +135,7 @@ class _WaitingTime:
         caller = sys._getframe(1).f_code
         if isinstance(thread, DULServiceProvider) and caller is _DUL_LOOP:
             _dul_sleep(thread, seconds)
-        elif isinstance(thread, Association) and caller is _ASSOC_LOOP and thread.is_acceptor:
-            # (a requestor's loop keeps polling: its user's send_* waits for the loop to
-            # reach its pause point, which only the loop's next turn provides)
+        elif isinstance(thread, Association) and caller is _ASSOC_LOOP:
             event = _assoc_event(thread)
             event.wait(MAX_WAIT)
             event.clear()
@@ -133,6 +152,13 @@ def install() -> None:
     if _installed:
         return
     dul_init, dimse_init = DULServiceProvider.__init__, DIMSEServiceProvider.__init__
+    assoc_init = Association.__init__
+
+    def init_assoc(self: Association, *args: Any, **kwargs: Any) -> None:
+        assoc_init(self, *args, **kwargs)
+        self._reactor_checkpoint = _WakingCheckpoint(self)
+        self._reactor_checkpoint.set()
+
     run_reactor = DULServiceProvider.run_reactor
 
     def init_dul(self: DULServiceProvider, assoc: Association) -> None:
@@ -152,6 +178,7 @@ def install() -> None:
         finally:
             self._pacs_wakeup.close()
 
+    Association.__init__ = init_assoc
     DULServiceProvider.__init__ = init_dul
     DIMSEServiceProvider.__init__ = init_dimse
     DULServiceProvider.run_reactor = run_dul

@@ -49,6 +49,9 @@ QUERY_RETRIEVE = (
 MAX_PDU = 128 * 1024
 # how long stopping the accept loop may wait
 ACCEPT_POLL_SECONDS = 0.05
+# pynetdicom's accept loop runs a full gc.collect() every 60 turns, every 30 s at its
+# own 0.5 s poll; at ours that would be every 3 s, each holding the GIL for tens of ms
+FULL_COLLECT_SECONDS = 30
 
 
 def build_ae(pacs) -> AE:
@@ -117,6 +120,7 @@ def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
     server = ae.make_server(
         (host, port), evt_handlers=handlers(pacs), server_class=ThreadedAssociationServer
     )
+    server._gc[1] = round(FULL_COLLECT_SECONDS / ACCEPT_POLL_SECONDS) - 1
     # start_server(block=False) polls every 0.5 s: each stop of a server would wait that long
     accept_loop = threading.Thread(
         target=server.serve_forever,
