@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -47,11 +48,14 @@ CLIENT_AET = "BENCHSCU"
 DEST_AET = "BENCHDEST"
 DEST_PORT = 11199
 WARM = {"small": 20, "large": 5}
+FLOOR_FILES = 500  # large files written by the disk-alone measure
 
 # targets shown next to the ratios (pacscore / Orthanc, higher is better)
 TARGETS = {
     "store large 1 assoc": 1.5,
+    "store large 4 assoc": 1.0,
     "store small 1 assoc": 1.0,
+    "store small 4 assoc": 1.0,
     "C-MOVE": 1.0,
     "C-GET": 1.0,
 }
@@ -445,9 +449,11 @@ def find_cell(server: Server, query: dict, repeat: int) -> tuple[float, int, flo
 class Destination:
     """storescp, the C-MOVE destination."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, discard: bool = False) -> None:
         self.folder = folder
+        self.discard = discard  # storescp --ignore: receive every byte, write nothing
         self.proc = None
+        self.aet, self.dicom_port = DEST_AET, DEST_PORT  # a store() target like a Server
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -458,8 +464,7 @@ class Destination:
                 DEST_AET,
                 "--max-pdu",
                 "131072",
-                "-od",
-                str(self.folder),
+                *(["--ignore"] if self.discard else ["-od", str(self.folder)]),
                 str(DEST_PORT),
             ],
             env=client_env(),
@@ -484,6 +489,54 @@ class Destination:
 def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+
+
+def disk_alone(files: list[Path], folder: Path) -> float:
+    """Files a second this process writes and fsyncs, one by one, in the archive layout.
+
+    What a server storing these files on this disk can at best do on one
+    association: each file in a new ``<aa>/<bb>/`` folder named by a SHA-256,
+    as pacscore and Orthanc lay them out, fsynced before the next.
+    """
+    clear(folder)
+    contents = [f.read_bytes() for f in files]
+    t0 = time.perf_counter()
+    for i, data in enumerate(contents):
+        digest = hashlib.sha256(str(i).encode()).hexdigest()
+        subfolder = folder / digest[:2] / digest[2:4]
+        subfolder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(subfolder / digest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    rate = len(contents) / (time.perf_counter() - t0)
+    shutil.rmtree(folder, ignore_errors=True)
+    return rate
+
+
+def measure_floors(files_folder: Path, out: Path, before: bool) -> dict[str, float]:
+    """Disk alone before and after the large 1-association cell, the client alone once."""
+    files = sorted(f for f in files_folder.rglob("*") if f.is_file())[:FLOOR_FILES]
+    when = "before" if before else "after"
+    floors = {f"disk {when}": disk_alone(files, out / "disk-alone")}
+    log(f"{'disk alone (' + when + ')':26s} {floors[f'disk {when}']:8.1f} files/s")
+    if before:
+        floors["client"] = client_alone(files_folder, out)
+        log(f"{'storescu alone':26s} {floors['client']:8.1f} inst/s")
+    return floors
+
+
+def client_alone(files_folder: Path, out: Path) -> float:
+    """Instances a second one storescu sends to a storescp that discards them."""
+    sink = Destination(out / "recv-discard", discard=True)
+    sink.start()
+    try:
+        files = sum(1 for f in files_folder.rglob("*") if f.is_file())
+        return files / store(sink, [files_folder])
+    finally:
+        sink.stop()
 
 
 def retrieve_cell(
@@ -645,10 +698,13 @@ def main() -> int:
     store_cells = [("small", 1), ("small", 4), ("large", 1), ("large", 4)]
     counts = {"large": args.large, "small": args.small}
     destination = Destination(out / "recv-move")
+    floors: dict[str, float] = {}  # what the disk and the client allow, large on 1 assoc
     for kind, nassoc in store_cells:
         cell = f"store {kind} {nassoc} assoc"
         n = counts[kind]
         dirs = [data / kind] if nassoc == 1 else sets[kind]
+        if (kind, nassoc) == ("large", 1):
+            floors = measure_floors(data / "large", out, before=True)
         for name in servers:
             server = fresh_server(name, out, f"{kind}{nassoc}")
             try:
@@ -716,6 +772,8 @@ def main() -> int:
                 rss[name].append((cell, vm_hwm_kib(server.pid)))
             finally:
                 server.destroy()
+        if (kind, nassoc) == ("large", 1):
+            floors.update(measure_floors(data / "large", out, before=False))
 
     profile_note = ""
     if not args.no_profile and "pacscore" in servers and shutil.which("py-spy", path=str(VENV_BIN)):
@@ -738,6 +796,7 @@ def main() -> int:
         size_small,
         profile_note,
         servers,
+        floors,
     )
     print(report)
     if args.report:
@@ -888,6 +947,36 @@ def cpu_text(v, unit) -> str:
     return f"{v['cpu']:.2f} {unit}" if v else "-"
 
 
+def floor_lines(floors: dict[str, float], orthanc: dict | None) -> list[str]:
+    """What the disk and the client allow on one association, as rates and x Orthanc."""
+    if "client" not in floors:
+        return []
+    disk = statistics.mean(v for k, v in floors.items() if k.startswith("disk"))
+    ceiling = 1 / (1 / disk + 1 / floors["client"])
+
+    def times(rate: float) -> str:
+        return f"{rate / orthanc['rate']:.2f}x" if orthanc else "-"
+
+    disks = " / ".join(f"{v:.1f}" for k, v in floors.items() if k.startswith("disk"))
+    return [
+        "",
+        "What this machine allows for `store large 1 assoc`: an association is strictly "
+        "one instance after the other (storescu sends it, the server writes and fsyncs it, "
+        "answers, then storescu sends the next), so its rate is at best that of the disk "
+        "and the client one after the other:",
+        "",
+        "| measure | rate | x Orthanc's rate |",
+        "|---|---:|---:|",
+        f"| disk alone: the bench writes and fsyncs {FLOOR_FILES} of the large files, each "
+        f"in a new `<aa>/<bb>/` folder (before / after the cell) | {disks} files/s "
+        f"| {times(disk)} |",
+        f"| client alone: storescu to a storescp that discards them | "
+        f"{floors['client']:.1f} inst/s | {times(floors['client'])} |",
+        f"| ceiling: both one after the other, 1 / (1/disk + 1/client) | {ceiling:.1f} inst/s "
+        f"| {times(ceiling)} |",
+    ]
+
+
 def render(
     results,
     rss,
@@ -899,6 +988,7 @@ def render(
     size_small,
     profile_note,
     servers,
+    floors,
 ) -> str:
     lines = [
         "# Performance: pacscore vs Orthanc",
@@ -979,6 +1069,7 @@ def render(
             + " | ".join(f"{k / 1024:.0f} MiB" for _, k in samples)
             + f" | {peak:.0f} MiB | {target} |"
         )
+    lines += floor_lines(floors, results.get("store large 1 assoc", {}).get("Orthanc"))
     if verdicts:
         missed = [c for c, ok in verdicts if not ok]
         lines += [
