@@ -53,7 +53,7 @@ def test_idle_associations_do_not_spin_and_still_answer_at_once(make_pacs):
         server.shutdown()
 
 
-def test_idle_requestor_associations_do_not_spin_and_send_at_once(make_pacs):
+def test_idle_requestor_associations_do_not_spin_and_still_send(make_pacs):
     """Our own client associations (C-MOVE sub-associations, the router) too: pynetdicom's
     requestor loop polled every millisecond, and each send_* waited for its next turn."""
     pacs = make_pacs()

@@ -13,10 +13,10 @@ Both sleeps become waits that end as soon as there is work:
 * the association thread waits on an event set whenever something is queued
   for it (a complete DIMSE message in ``dimse.msg_queue``, a release or abort
   primitive in ``dul.to_user_queue``) and whenever its reactor checkpoint is
-  cleared or set.  A ``send_*`` (our C-MOVE sub-associations, the SCU
-  helpers, a C-GET's C-STOREs) clears the checkpoint, then waits until the
-  loop reaches its pause point: with pynetdicom's 1 ms sleep that wait was
-  up to a millisecond per message sent, most of a C-MOVE's time per instance.
+  cleared or set.  A ``send_*`` from another thread (the C-STOREs of our
+  C-MOVE sub-associations, the SCU helpers) clears the checkpoint, then waits
+  until the loop reaches its pause point: with pynetdicom's 1 ms sleep that
+  wait was up to a millisecond per message sent.
 
 Both still wake every ``MAX_WAIT`` seconds, so timers (ARTIM, idle timeout)
 and flags set without a queue (``kill()``) keep working.  The loops
