@@ -34,9 +34,14 @@ pytestmark = pytest.mark.timeout(60)
 class Handlers:
     """A plugin running kind ``work`` (records payloads) and ``broken`` (raises)."""
 
-    def __init__(self, concurrency: int = 1, record_dir: Path | None = None) -> None:
+    def __init__(
+        self, concurrency: int = 1, record_dir: Path | None = None, work_seconds: float = 0.0
+    ) -> None:
         self.concurrency = concurrency
         self.record_dir = record_dir
+        # a job that takes a while: a second worker gets its share even on a busy
+        # machine, where an instant job let the first drain the queue alone
+        self.work_seconds = work_seconds
         self.seen: list[dict] = []
         self.lock = threading.Lock()
 
@@ -46,6 +51,7 @@ class Handlers:
             name = f"{multiprocessing.current_process().pid}-{threading.current_thread().name}"
             with open(self.record_dir / name, "a") as out:
                 out.write(f"{payload['n']}\n")
+        time.sleep(self.work_seconds)
         with self.lock:
             self.seen.append(payload)
 
@@ -243,11 +249,13 @@ def test_a_broken_job_handlers_plugin_is_recorded(make_pacs):
 # -- concurrency: each job taken exactly once ----------------------------------------------
 
 JOBS = 300
+WORK_SECONDS = 0.005
 
 
 def _drain_in_process(home: str, db_url: str, record_dir: str, ready, go) -> None:
     """A separate process: its own Pacs on the same database, two worker threads."""
-    pacs = new_pacs(Path(home), db_url, Handlers(concurrency=2, record_dir=Path(record_dir)))
+    handlers = Handlers(concurrency=2, record_dir=Path(record_dir), work_seconds=WORK_SECONDS)
+    pacs = new_pacs(Path(home), db_url, handlers)
     workers = JobWorkers(pacs, poll_seconds=0.1)
     ready.set()
     go.wait(30)
@@ -271,7 +279,7 @@ def recorded(record_dir: Path) -> list[int]:
 def test_concurrent_workers_take_each_job_exactly_once(make_pacs, tmp_path, db_url):
     record_dir = tmp_path / "records"
     record_dir.mkdir()
-    pacs = make_pacs(Handlers(concurrency=2, record_dir=record_dir))
+    pacs = make_pacs(Handlers(concurrency=2, record_dir=record_dir, work_seconds=WORK_SECONDS))
     with connection(), pacs.database.atomic():
         for n in range(JOBS):
             pacs.jobs.enqueue("work", {"n": n})

@@ -158,7 +158,10 @@ def test_age_from_the_last_reception_date(archive):
 def test_the_schedule_enqueues_one_job_a_day_and_the_job_purges(archive):
     pacs, specs = archive()
     configure(pacs, schedule_time="01:30")
-    day = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    # yesterday: a job is created at the real time, which must come after the simulated
+    # 02:00 run (today's midnight failed the test between 00:00 and 01:30)
+    today = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    day = today - timedelta(days=1)
     with connection():
         assert tick(pacs, now_local=day + timedelta(hours=1)) is None  # not yet
         job_id = tick(pacs, now_local=day + timedelta(hours=2))
@@ -169,7 +172,7 @@ def test_the_schedule_enqueues_one_job_a_day_and_the_job_purges(archive):
         assert Job.get_by_id(job_id).state == "done"
     assert remaining_studies() == {s.study_uid for s in specs if not s.expired}
     with connection():
-        Job.update(created=datetime.now() - timedelta(days=1)).execute()  # yesterday's run
+        Job.update(created=datetime(2000, 1, 1)).execute()  # the run of an earlier day
         assert tick(pacs, now_local=day + timedelta(hours=2)) is not None
 
 
