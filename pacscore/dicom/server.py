@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacscore.dicom import (
     access,
+    command_sets,
     dul_guard,
     lean_store,
     nodelay,
@@ -102,6 +103,7 @@ def install_extensions(lean_store_path: bool = True) -> None:
     dul_guard.install()
     reactor_waits.install()
     reply_race.install()
+    command_sets.install()
     if lean_store_path:
         lean_store.install()
     # pynetdicom formats every identifier for its log even when nobody reads it

@@ -1,0 +1,215 @@
+"""Command sets encoded by pacscore/dicom/command_sets.py are pydicom's, byte for byte."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pynetdicom import dimse_messages, dimse_primitives
+from pynetdicom.dsutils import encode as pydicom_encode
+
+from pacscore.dicom import command_sets
+
+CT = "1.2.840.10008.5.1.4.1.1.2"  # odd length
+MR = "1.2.840.10008.5.1.4.1.1.4"
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # even length
+MPPS = "1.2.840.10008.3.1.2.3.3"
+ECHO = "1.2.840.10008.1.1"
+STUDY_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+INSTANCE = "1.2.826.0.1.3680043.8.498.1234567890123"
+
+
+def primitive(kind: str, **fields):
+    prim = getattr(dimse_primitives, kind)()
+    for name, value in fields.items():
+        setattr(prim, name, value)
+    return prim
+
+
+def data() -> BytesIO:
+    return BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+
+
+MESSAGES = {
+    "C-ECHO-RQ": ("C_ECHO_RQ", primitive("C_ECHO", MessageID=1, AffectedSOPClassUID=ECHO)),
+    "C-ECHO-RSP": (
+        "C_ECHO_RSP",
+        primitive("C_ECHO", MessageIDBeingRespondedTo=1, AffectedSOPClassUID=ECHO, Status=0),
+    ),
+    "C-STORE-RQ of a C-MOVE": (
+        "C_STORE_RQ",
+        primitive(
+            "C_STORE",
+            MessageID=65535,
+            AffectedSOPClassUID=CT,
+            AffectedSOPInstanceUID=INSTANCE,
+            Priority=2,
+            MoveOriginatorApplicationEntityTitle="MOVESCU",
+            MoveOriginatorMessageID=3,
+            DataSet=data(),
+        ),
+    ),
+    "C-STORE-RQ odd AE": (
+        "C_STORE_RQ",
+        primitive(
+            "C_STORE",
+            MessageID=2,
+            AffectedSOPClassUID=MR,
+            AffectedSOPInstanceUID=INSTANCE + "1",
+            Priority=0,
+            MoveOriginatorApplicationEntityTitle="ODD",
+            MoveOriginatorMessageID=0,
+            DataSet=data(),
+        ),
+    ),
+    "C-STORE-RSP failure": (
+        "C_STORE_RSP",
+        primitive(
+            "C_STORE",
+            MessageIDBeingRespondedTo=2,
+            AffectedSOPClassUID=CT,
+            AffectedSOPInstanceUID=INSTANCE,
+            Status=0xC000,
+            ErrorComment="cannot parse",
+        ),
+    ),
+    "C-STORE-RSP odd comment": (
+        "C_STORE_RSP",
+        primitive(
+            "C_STORE",
+            MessageIDBeingRespondedTo=2,
+            AffectedSOPClassUID=CT,
+            AffectedSOPInstanceUID=INSTANCE,
+            Status=0xA700,
+            ErrorComment="full",
+        ),
+    ),
+    "C-STORE-RSP non-ASCII comment": (
+        "C_STORE_RSP",
+        primitive(
+            "C_STORE",
+            MessageIDBeingRespondedTo=2,
+            AffectedSOPClassUID=CT,
+            AffectedSOPInstanceUID=INSTANCE,
+            Status=0xC000,
+            ErrorComment="déjà",
+        ),
+    ),
+    "C-FIND-RQ": (
+        "C_FIND_RQ",
+        primitive(
+            "C_FIND", MessageID=9, AffectedSOPClassUID=STUDY_FIND, Priority=1, Identifier=data()
+        ),
+    ),
+    "C-FIND-RSP pending": (
+        "C_FIND_RSP",
+        primitive(
+            "C_FIND",
+            MessageIDBeingRespondedTo=9,
+            AffectedSOPClassUID=STUDY_FIND,
+            Status=0xFF00,
+            Identifier=data(),
+        ),
+    ),
+    "C-FIND-RSP final": (
+        "C_FIND_RSP",
+        primitive(
+            "C_FIND", MessageIDBeingRespondedTo=9, AffectedSOPClassUID=STUDY_FIND, Status=0x0000
+        ),
+    ),
+    "C-MOVE-RQ": (
+        "C_MOVE_RQ",
+        primitive(
+            "C_MOVE",
+            MessageID=4,
+            AffectedSOPClassUID=STUDY_MOVE,
+            Priority=0,
+            MoveDestination="STORESCP",
+            Identifier=data(),
+        ),
+    ),
+    "C-MOVE-RSP counts": (
+        "C_MOVE_RSP",
+        primitive(
+            "C_MOVE",
+            MessageIDBeingRespondedTo=4,
+            AffectedSOPClassUID=STUDY_MOVE,
+            Status=0xFF00,
+            NumberOfRemainingSuboperations=299,
+            NumberOfCompletedSuboperations=1,
+            NumberOfFailedSuboperations=0,
+            NumberOfWarningSuboperations=0,
+        ),
+    ),
+    "C-GET-RSP failed UIDs": (
+        "C_GET_RSP",
+        primitive(
+            "C_GET",
+            MessageIDBeingRespondedTo=5,
+            AffectedSOPClassUID=STUDY_GET,
+            Status=0xB000,
+            NumberOfRemainingSuboperations=0,
+            NumberOfCompletedSuboperations=2,
+            NumberOfFailedSuboperations=1,
+            NumberOfWarningSuboperations=0,
+            Identifier=data(),
+        ),
+    ),
+    "C-CANCEL-RQ": ("C_CANCEL_RQ", primitive("C_CANCEL", MessageIDBeingRespondedTo=9)),
+    "N-CREATE-RQ": (
+        "N_CREATE_RQ",
+        primitive(
+            "N_CREATE",
+            MessageID=6,
+            AffectedSOPClassUID=MPPS,
+            AffectedSOPInstanceUID=INSTANCE,
+            AttributeList=data(),
+        ),
+    ),
+    "N-SET-RSP failure": (
+        "N_SET_RSP",
+        primitive(
+            "N_SET",
+            MessageIDBeingRespondedTo=6,
+            AffectedSOPClassUID=MPPS,
+            AffectedSOPInstanceUID=INSTANCE,
+            Status=0x0110,
+            ErrorComment="no such step",
+        ),
+    ),
+    "N-EVENT-REPORT-RQ": (
+        "N_EVENT_REPORT_RQ",
+        primitive(
+            "N_EVENT_REPORT",
+            MessageID=8,
+            AffectedSOPClassUID="1.2.840.10008.1.20.1",
+            AffectedSOPInstanceUID="1.2.840.10008.1.20.1.1",
+            EventTypeID=1,
+            EventInformation=data(),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MESSAGES)
+def test_command_sets_are_encoded_as_pydicom_encodes_them(name):
+    message_class, prim = MESSAGES[name]
+    message = getattr(dimse_messages, message_class)()
+    message.primitive_to_message(prim)  # sets the Command Group Length through encode
+    expected = pydicom_encode(message.command_set, True, True)
+    assert command_sets.encode(message.command_set, True, True) == expected
+    # the group length the message carries counts those bytes
+    assert message.command_set.CommandGroupLength == len(expected) - 12
+
+
+def test_what_is_not_a_plain_command_set_goes_to_pydicom():
+    _, prim = MESSAGES["C-STORE-RSP non-ASCII comment"]
+    message = dimse_messages.C_STORE_RSP()
+    message.primitive_to_message(prim)
+    with pytest.raises(command_sets._Unhandled):
+        command_sets.encode_command_set(message.command_set)
+    # explicit VR or big endian: never a command set, pydicom's as before
+    assert command_sets.encode(message.command_set, False, True) == pydicom_encode(
+        message.command_set, False, True
+    )
