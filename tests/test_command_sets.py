@@ -31,71 +31,40 @@ def data() -> BytesIO:
     return BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
 
 
+def store_rq(message_id, sop_class, sop_instance, priority, originator, originator_id):
+    return "C_STORE_RQ", primitive(
+        "C_STORE",
+        MessageID=message_id,
+        AffectedSOPClassUID=sop_class,
+        AffectedSOPInstanceUID=sop_instance,
+        Priority=priority,
+        MoveOriginatorApplicationEntityTitle=originator,
+        MoveOriginatorMessageID=originator_id,
+        DataSet=data(),
+    )
+
+
+def store_rsp(status: int, comment: str):
+    return "C_STORE_RSP", primitive(
+        "C_STORE",
+        MessageIDBeingRespondedTo=2,
+        AffectedSOPClassUID=CT,
+        AffectedSOPInstanceUID=INSTANCE,
+        Status=status,
+        ErrorComment=comment,
+    )
+
+
 MESSAGES = {
     "C-ECHO-RQ": ("C_ECHO_RQ", primitive("C_ECHO", MessageID=1, AffectedSOPClassUID=ECHO)),
     "C-ECHO-RSP": (
         "C_ECHO_RSP",
         primitive("C_ECHO", MessageIDBeingRespondedTo=1, AffectedSOPClassUID=ECHO, Status=0),
     ),
-    "C-STORE-RQ of a C-MOVE": (
-        "C_STORE_RQ",
-        primitive(
-            "C_STORE",
-            MessageID=65535,
-            AffectedSOPClassUID=CT,
-            AffectedSOPInstanceUID=INSTANCE,
-            Priority=2,
-            MoveOriginatorApplicationEntityTitle="MOVESCU",
-            MoveOriginatorMessageID=3,
-            DataSet=data(),
-        ),
-    ),
-    "C-STORE-RQ odd AE": (
-        "C_STORE_RQ",
-        primitive(
-            "C_STORE",
-            MessageID=2,
-            AffectedSOPClassUID=MR,
-            AffectedSOPInstanceUID=INSTANCE + "1",
-            Priority=0,
-            MoveOriginatorApplicationEntityTitle="ODD",
-            MoveOriginatorMessageID=0,
-            DataSet=data(),
-        ),
-    ),
-    "C-STORE-RSP failure": (
-        "C_STORE_RSP",
-        primitive(
-            "C_STORE",
-            MessageIDBeingRespondedTo=2,
-            AffectedSOPClassUID=CT,
-            AffectedSOPInstanceUID=INSTANCE,
-            Status=0xC000,
-            ErrorComment="cannot parse",
-        ),
-    ),
-    "C-STORE-RSP odd comment": (
-        "C_STORE_RSP",
-        primitive(
-            "C_STORE",
-            MessageIDBeingRespondedTo=2,
-            AffectedSOPClassUID=CT,
-            AffectedSOPInstanceUID=INSTANCE,
-            Status=0xA700,
-            ErrorComment="full",
-        ),
-    ),
-    "C-STORE-RSP non-ASCII comment": (
-        "C_STORE_RSP",
-        primitive(
-            "C_STORE",
-            MessageIDBeingRespondedTo=2,
-            AffectedSOPClassUID=CT,
-            AffectedSOPInstanceUID=INSTANCE,
-            Status=0xC000,
-            ErrorComment="déjà",
-        ),
-    ),
+    "C-STORE-RQ of a C-MOVE": store_rq(65535, CT, INSTANCE, 2, "MOVESCU", 3),
+    "C-STORE-RQ odd AE": store_rq(2, MR, INSTANCE + "1", 0, "ODD", 0),
+    "C-STORE-RSP failure": store_rsp(0xC000, "cannot parse"),
+    "C-STORE-RSP odd comment": store_rsp(0xA700, "full"),
     "C-FIND-RQ": (
         "C_FIND_RQ",
         primitive(
@@ -192,24 +161,32 @@ MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("name", MESSAGES)
-def test_command_sets_are_encoded_as_pydicom_encodes_them(name):
-    message_class, prim = MESSAGES[name]
+@pytest.fixture(autouse=True)
+def installed():
+    # as the listener and client_ae install it: the Command Group Length is then ours too
+    command_sets.install()
+
+
+def message_for(message_class: str, prim):
     message = getattr(dimse_messages, message_class)()
     message.primitive_to_message(prim)  # sets the Command Group Length through encode
-    expected = pydicom_encode(message.command_set, True, True)
-    assert command_sets.encode(message.command_set, True, True) == expected
+    return message
+
+
+@pytest.mark.parametrize("name", MESSAGES)
+def test_command_sets_are_encoded_as_pydicom_encodes_them(name):
+    command_set = message_for(*MESSAGES[name]).command_set
+    expected = pydicom_encode(command_set, True, True)
+    # encode_command_set itself: it raises rather than fall back to pydicom
+    assert command_sets.encode_command_set(command_set) == expected
     # the group length the message carries counts those bytes
-    assert message.command_set.CommandGroupLength == len(expected) - 12
+    assert command_set.CommandGroupLength == len(expected) - 12
 
 
 def test_what_is_not_a_plain_command_set_goes_to_pydicom():
-    _, prim = MESSAGES["C-STORE-RSP non-ASCII comment"]
-    message = dimse_messages.C_STORE_RSP()
-    message.primitive_to_message(prim)
+    command_set = message_for(*store_rsp(0xC000, "déjà")).command_set
     with pytest.raises(command_sets._Unhandled):
-        command_sets.encode_command_set(message.command_set)
+        command_sets.encode_command_set(command_set)
+    assert command_sets.encode(command_set, True, True) == pydicom_encode(command_set, True, True)
     # explicit VR or big endian: never a command set, pydicom's as before
-    assert command_sets.encode(message.command_set, False, True) == pydicom_encode(
-        message.command_set, False, True
-    )
+    assert command_sets.encode(command_set, False, True) == pydicom_encode(command_set, False, True)

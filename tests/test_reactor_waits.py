@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import Verification
 
@@ -25,19 +26,32 @@ MAX_CPU_PER_SECOND = 0.03
 MAX_REQUESTOR_CPU_PER_SECOND = 0.01
 
 
-def test_idle_associations_do_not_spin_and_still_answer_at_once(make_pacs):
+@pytest.fixture
+def listener(make_pacs):
+    """(pacs, port): an in-process DICOM listener, stopped afterwards."""
     pacs = make_pacs()
     port = free_port()
     server = start_dicom_server(pacs, "127.0.0.1", port)
+    yield pacs, port
+    server.shutdown()
+
+
+def idle_cpu_per_second(associations: int) -> float:
+    """CPU seconds this process spends per second per association while they are idle."""
+    time.sleep(0.3)
+    before = time.process_time()
+    time.sleep(IDLE_SECONDS)
+    return (time.process_time() - before) / IDLE_SECONDS / associations
+
+
+def test_idle_associations_do_not_spin_and_still_answer_at_once(listener):
+    pacs, port = listener
     contexts = ((1, CTImageStorage, (ExplicitVRLittleEndian,)),)
     peers = [RawPeer(port) for _ in range(3)]
     try:
         for peer in peers:
             peer.associate(pacs.config.aet, contexts=contexts)
-        time.sleep(0.3)
-        before = time.process_time()
-        time.sleep(IDLE_SECONDS)
-        spent = (time.process_time() - before) / IDLE_SECONDS / len(peers)
+        spent = idle_cpu_per_second(len(peers))
         assert spent < MAX_CPU_PER_SECOND, f"{spent:.3f} s of CPU per second per association"
 
         # woken by the request, not by a timer: each answered, then released
@@ -50,28 +64,21 @@ def test_idle_associations_do_not_spin_and_still_answer_at_once(make_pacs):
     finally:
         for peer in peers:
             peer.sock.close()
-        server.shutdown()
 
 
-def test_idle_requestor_associations_do_not_spin_and_still_send(make_pacs):
+def test_idle_requestor_associations_do_not_spin_and_still_send(listener):
     """Our own client associations (C-MOVE sub-associations, the router) too: pynetdicom's
     requestor loop polled every millisecond, and each send_* waited for its next turn."""
-    pacs = make_pacs()
-    port = free_port()
-    server = start_dicom_server(pacs, "127.0.0.1", port)
+    pacs, port = listener
     ae = client_ae("IDLER", timeout=10)
     ae.add_requested_context(Verification)
     assocs = [ae.associate("127.0.0.1", port, ae_title=pacs.config.aet) for _ in range(3)]
     try:
         assert all(assoc.is_established for assoc in assocs)
-        time.sleep(0.3)
-        before = time.process_time()
-        time.sleep(IDLE_SECONDS)
-        spent = (time.process_time() - before) / IDLE_SECONDS / len(assocs)
+        spent = idle_cpu_per_second(len(assocs))
         assert spent < MAX_REQUESTOR_CPU_PER_SECOND, f"{spent:.4f} s of CPU per second each"
         for assoc in assocs:
             assert all(assoc.send_c_echo().get("Status") == 0x0000 for _ in range(20))
     finally:
         for assoc in assocs:
             assoc.release()
-        server.shutdown()
