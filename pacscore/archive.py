@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -176,32 +176,44 @@ class Archive:
 
         relpath = instance_relpath(header.sop_uid)
         try:
-            part = self.folders.write_incoming(storage, relpath, (PREAMBLE, meta, data))
+            pending = self.folders.begin_incoming(storage, relpath, (PREAMBLE, meta, data))
         except OSError as exc:
-            self.pacs.alert(
-                "file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name
-            )
-            return StoreResult(status.OUT_OF_RESOURCES, "cannot write the file")
-
+            return self._cannot_write(storage, relpath, exc)
         try:
-            # the .ready file is the journal that redoes this commit after a power loss
-            stored = self._index(header, incoming, storage, relpath, overwrite, sync_commit=False)
+            # the rows are written while the file is fsynced; the commit waits for the
+            # fsync, and the .ready file is the journal that redoes it after a power loss
+            stored = self._index(
+                header,
+                incoming,
+                storage,
+                relpath,
+                overwrite,
+                sync_commit=False,
+                before_commit=pending.wait,
+            )
+        except OSError as exc:  # from the fsync: the database raises its own errors
+            pending.discard()
+            return self._cannot_write(storage, relpath, exc)
         except Exception as exc:
-            part.unlink(missing_ok=True)
+            pending.discard()
             log.exception("indexing %s failed", header.sop_uid)
             self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
             return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
         if stored is None:
-            part.unlink(missing_ok=True)
+            pending.discard()
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
 
         try:
-            self.folders.publish(part, storage, relpath, journal=True)
+            self.folders.publish(pending.ready, storage, relpath, journal=True)
         except OSError as exc:
             # the row is committed and the .ready file durable: start-up recovery publishes it
-            log.error("cannot move %s to its place (recovered at restart): %s", part, exc)
+            log.error("cannot move %s to its place (recovered at restart): %s", pending.ready, exc)
         self.pacs.outbox.wake()
         return StoreResult(status.SUCCESS, instance=stored)
+
+    def _cannot_write(self, storage, relpath: str, exc: OSError) -> StoreResult:
+        self.pacs.alert("file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name)
+        return StoreResult(status.OUT_OF_RESOURCES, "cannot write the file")
 
     def _index(
         self,
@@ -211,7 +223,10 @@ class Archive:
         relpath: str,
         overwrite: bool,
         sync_commit: bool = True,
+        before_commit: Callable[[], object] | None = None,
     ):
+        """Index one file; ``before_commit`` (waiting for the file's fsync) runs last in
+        the transaction, whose commit its exception cancels."""
         now = utcnow()
         with write_transaction(sync_commit):
             existing_id = sql.select_value(Instance, "id", "sop_uid", h.sop_uid)
@@ -307,6 +322,8 @@ class Archive:
                 called_ae=incoming.called_ae,
             )
             self.pacs.outbox.enqueue("on_store", instance=stored)
+            if before_commit is not None:
+                before_commit()
         return stored
 
     def index_existing(self, header: Header, transfer_syntax: str, storage, relpath: str):

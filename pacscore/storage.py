@@ -40,6 +40,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pacscore.models import Instance, Storage, TrashedFile, connection, make_commits_durable
@@ -50,6 +51,8 @@ INCOMING = ".incoming"
 MB = 1024 * 1024
 # how long a commit made without waiting for the disk may stay undurable
 FLUSH_SECONDS = 1.0
+# fsyncs in flight at once per process (one per association storing)
+SYNC_THREADS = 8
 
 
 class StorageFull(Exception):
@@ -101,6 +104,28 @@ def _link_unnamed(fd: int, path: Path) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
 
+class PendingWrite:
+    """A file written and named ``.ready`` whose fsync runs on a pool thread."""
+
+    def __init__(self, ready: Path, synced: Future) -> None:
+        self.ready = ready
+        self._synced = synced
+
+    def wait(self) -> Path:
+        """Block until the file is durable and return its ``.ready`` path; on an
+        error of the fsync, delete it and raise that OSError."""
+        try:
+            self._synced.result()
+        except BaseException:
+            self.discard()
+            raise
+        return self.ready
+
+    def discard(self) -> None:
+        """Delete the file, durable or not (an fsync still running finishes harmlessly)."""
+        self.ready.unlink(missing_ok=True)
+
+
 class StorageFolders:
     """The storage folders of the archive, cached briefly to keep the hot path lean."""
 
@@ -117,6 +142,7 @@ class StorageFolders:
         self._journal: list[tuple[Path, Path]] = []
         self._journal_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
+        self._sync_pool: ThreadPoolExecutor | None = None
 
     def all(self) -> list[Storage]:
         with self._lock:
@@ -155,6 +181,14 @@ class StorageFolders:
 
     def write_incoming(self, storage: Storage, relpath: str, chunks: Sequence[bytes]) -> Path:
         """Write ``chunks`` durably under the folder's incoming area; return the ``.ready`` path."""
+        return self.begin_incoming(storage, relpath, chunks).wait()
+
+    def begin_incoming(
+        self, storage: Storage, relpath: str, chunks: Sequence[bytes]
+    ) -> PendingWrite:
+        """Write ``chunks`` and name them ``.ready`` under the folder's incoming area,
+        then fsync them in the background: :meth:`PendingWrite.wait` tells when the
+        file is durable (a C-STORE writes its index rows meanwhile)."""
         incoming_dir = Path(storage.path) / INCOMING
         if self._ensure_dir(incoming_dir):
             _fsync_dir(incoming_dir.parent)  # once: the area itself must survive a power loss
@@ -177,17 +211,28 @@ class StorageFolders:
                 _link_unnamed(fd, ready)
             else:
                 os.rename(part, ready)
-            os.fsync(fd)
+            synced = self._syncer().submit(self._sync_and_close, fd, incoming_dir)
         except BaseException:
+            os.close(fd)
             if part is not None:
                 part.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
             raise
+        return PendingWrite(ready, synced)
+
+    def _syncer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, "pacscore-fsync")
+            return self._sync_pool
+
+    def _sync_and_close(self, fd: int, incoming_dir: Path) -> None:
+        try:
+            os.fsync(fd)
         finally:
             os.close(fd)
         if self.sync_directories:
             _fsync_dir(incoming_dir)
-        return ready
 
     def _create(self, final_dir: Path, part: Path) -> tuple[int, Path | None]:
         """A new file to write: unnamed (O_TMPFILE) in its final folder, else ``part``.

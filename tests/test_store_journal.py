@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
+from pacscore.dicom import status
 from pacscore.models import Instance, OutboxEvent, Storage, TrashedFile, connection
 from pacscore.storage import INCOMING, instance_relpath
 from tests.dicomgen import make_instance
@@ -314,3 +315,52 @@ def test_the_flush_thread_ends_once_the_journal_is_empty(make_pacs, tmp_path):
     assert list(incoming(pacs).iterdir()) == []  # it flushed before ending
     assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.2")).ok
     assert pacs.archive.folders._flusher.is_alive()  # the next store starts another
+
+
+def test_the_index_commit_waits_until_the_file_is_durable(make_pacs, tmp_path, monkeypatch):
+    """The rows are written while the file's fsync runs on a pool thread, but nobody
+    sees them before that fsync has returned: a power loss cannot leave a row
+    without its file."""
+    pacs = make_pacs()
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.15.1")
+    seen_during_fsync = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.2)  # the index rows are written meanwhile
+        seen_during_fsync.append(indexed("1.2.3.77.15.1"))  # another connection's view
+        real_fsync(fd)
+
+    monkeypatch.setattr("pacscore.storage.os.fsync", slow_fsync)
+    assert store(pacs, source).ok
+
+    assert seen_during_fsync and not any(seen_during_fsync)
+    assert indexed("1.2.3.77.15.1")
+
+
+def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_path, monkeypatch):
+    """An I/O error when syncing the file: the peer is told, the rows written meanwhile
+    are rolled back, no file stays, and the next instance is stored."""
+    recorder = Recorder()
+    pacs = make_pacs(recorder)
+    first = make_instance(tmp_path / "in", sop_uid="1.2.3.77.16.1")
+    second = make_instance(tmp_path / "in", sop_uid="1.2.3.77.16.2")
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("pacscore.storage.os.fsync", failing_fsync)
+    result = store(pacs, first)
+
+    assert result.status == status.OUT_OF_RESOURCES
+    assert [(kind, "Input/output error" in message) for kind, message, _ in recorder.alerts] == [
+        ("file_save_error", True)
+    ]
+    assert not indexed("1.2.3.77.16.1")
+    assert files_under(pacs.config.home / "storage") == []
+    with connection():
+        assert not OutboxEvent.select().exists()
+
+    monkeypatch.setattr("pacscore.storage.os.fsync", real_fsync)
+    assert store(pacs, second).ok and indexed("1.2.3.77.16.2")

@@ -130,7 +130,8 @@ class StoreRequest:
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
-    data: bytearray = field(default_factory=bytearray)
+    # views of the received PDUs, joined once when the data set is whole
+    fragments: list[memoryview] = field(default_factory=list)
 
 
 class LeanStoreReader:
@@ -214,7 +215,7 @@ class LeanStoreReader:
         assert request is not None
         if control & COMMAND_BIT or context_id != request.context_id:
             raise ValueError("a C-STORE data set was interrupted by another PDV")
-        request.data += fragment
+        request.fragments.append(fragment)
         if control & LAST_BIT:
             self.request = None
             self._store(request)
@@ -227,7 +228,7 @@ class LeanStoreReader:
         try:
             code, comment = store_dataset(
                 self.pacs,
-                bytes(request.data),
+                b"".join(request.fragments),
                 request.transfer_syntax,
                 calling_ae=assoc.requestor.ae_title,
                 called_ae=assoc.acceptor.ae_title,
