@@ -124,7 +124,7 @@ def cmd_dicom_listener(args) -> int:
 
     pacs = _open(args)
     _apply_listener_options(pacs.config, args)
-    run_listener(pacs)
+    run_listener(pacs, args.listen_fd)
     return 0
 
 
@@ -584,9 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     # started by 'serve' (one per extra core); not meant to be run by hand
     p = commands.add_parser("dicom-listener", help="internal: an extra DICOM listener process")
     p.add_argument("--index", type=int, default=1)
-    p.add_argument("--host")
     p.add_argument("--aet")
-    p.add_argument("--dicom-port", type=int)
+    p.add_argument("--listen-fd", type=int, required=True, help="the inherited listening socket")
     p.set_defaults(func=cmd_dicom_listener)
 
     p = commands.add_parser("import", help="import DICOM files and folders into the archive")

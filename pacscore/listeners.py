@@ -1,15 +1,15 @@
 """Extra DICOM listener processes: every core accepts associations.
 
 pynetdicom runs each association in a thread, so one process uses one core
-for DICOM (the GIL).  ``pacscore serve`` therefore starts ``dicom_processes
-- 1`` child processes (``pacscore dicom-listener``) that listen on the same
-port with SO_REUSEPORT, the kernel spreading new connections among them and
-the parent.  Each child has its own ``Pacs`` and plugin host and serves every
-DICOM service (C-STORE, C-FIND, C-MOVE, C-GET); only the parent runs the HTTP
-server, the outbox dispatcher, the job workers, the scheduler and the
-``on_startup`` plugins, so that background work runs once.  Children write to
-the shared index like any writer (the outbox carries their events to the
-parent's dispatcher).
+for DICOM (the GIL).  ``pacscore serve`` therefore binds the DICOM port and
+starts ``dicom_processes - 1`` child processes (``pacscore dicom-listener``)
+that accept from that same socket, the least busy process taking each new
+connection (``dicom/shared_listener.py``).  Each child has its own ``Pacs``
+and plugin host and serves every DICOM service (C-STORE, C-FIND, C-MOVE,
+C-GET); only the parent runs the HTTP server, the outbox dispatcher, the job
+workers, the scheduler and the ``on_startup`` plugins, so that background
+work runs once.  Children write to the shared index like any writer (the
+outbox carries their events to the parent's dispatcher).
 
 A child dies with the parent (PR_SET_PDEATHSIG), holds the home lock it
 inherited (so a new server waits until no old listener is left) and is
@@ -23,7 +23,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,26 +41,17 @@ def dicom_process_count(config: Config) -> int:
     return config.dicom_processes or os.cpu_count() or 1
 
 
-def ensure_port_free(host: str, port: int) -> None:
-    """Refuse a port another program holds: SO_REUSEPORT would share it silently."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    except OSError as exc:
-        raise OSError(f"DICOM port {port} on {host} is in use: {exc.strerror}") from None
-    finally:
-        probe.close()
-
-
 class ListenerProcesses:
     """The parent's view of its child listeners; call every method from the main thread
     (PR_SET_PDEATHSIG follows the thread that started a child)."""
 
-    def __init__(self, config: Config, count: int, lock_fd: int, log_level: str) -> None:
+    def __init__(
+        self, config: Config, count: int, lock_fd: int, listen_fd: int, log_level: str
+    ) -> None:
         self.config = config
         self.count = count
         self.lock_fd = lock_fd
+        self.listen_fd = listen_fd
         self.log_level = log_level
         self.children: dict[int, subprocess.Popen] = {}
         self._died_at: dict[int, float] = {}
@@ -71,10 +61,11 @@ class ListenerProcesses:
         command = [
             sys.executable, "-m", "pacscore", "--home", str(config.home),
             "--log-level", self.log_level, "dicom-listener", "--index", str(index),
-            "--host", config.host, "--aet", config.aet, "--dicom-port", str(config.dicom_port),
+            "--aet", config.aet, "--listen-fd", str(self.listen_fd),
         ]  # fmt: skip
         env = {**os.environ, "PACSCORE_PARENT_PID": str(os.getpid())}
-        self.children[index] = subprocess.Popen(command, pass_fds=(self.lock_fd,), env=env)
+        fds = (self.lock_fd, self.listen_fd)
+        self.children[index] = subprocess.Popen(command, pass_fds=fds, env=env)
         log.info("DICOM listener %d started (pid %d)", index, self.children[index].pid)
 
     def start(self) -> None:
@@ -125,16 +116,19 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run_listener(pacs) -> None:
-    """Body of ``pacscore dicom-listener``: serve DICOM until SIGTERM."""
+def run_listener(pacs, listen_fd: int) -> None:
+    """Body of ``pacscore dicom-listener``: serve DICOM on the parent's listening
+    socket (inherited as ``listen_fd``) until SIGTERM."""
     from pacscore.dicom.server import start_dicom_server
+    from pacscore.dicom.shared_listener import adopt_listening_socket
 
     die_with_parent()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     config = pacs.config
-    server = start_dicom_server(pacs, config.host, config.dicom_port, reuse_port=True)
+    listener = adopt_listening_socket(listen_fd)
+    server = start_dicom_server(pacs, config.host, config.dicom_port, listen_socket=listener)
     freeze_startup_objects()
     stop.wait()
     server.shutdown()

@@ -20,11 +20,11 @@ from pathlib import Path
 from waitress.server import create_server
 
 from pacscore.dicom.server import start_dicom_server
+from pacscore.dicom.shared_listener import bind_listening_socket
 from pacscore.jobs import JobWorkers
 from pacscore.listeners import (
     ListenerProcesses,
     dicom_process_count,
-    ensure_port_free,
     freeze_startup_objects,
 )
 from pacscore.models import connection
@@ -75,10 +75,12 @@ def serve(pacs, log_level: str = "INFO") -> None:
         signal.signal(signum, lambda *_: stop.set())
 
     processes = dicom_process_count(config)
-    ensure_port_free(config.host, config.dicom_port)
-    listeners = ListenerProcesses(config, processes, home_lock.fileno(), log_level)
+    listen_socket = bind_listening_socket(config.host, config.dicom_port)
+    listeners = ListenerProcesses(
+        config, processes, home_lock.fileno(), listen_socket.fileno(), log_level
+    )
     listeners.start()
-    dicom = start_dicom_server(pacs, config.host, config.dicom_port, reuse_port=processes > 1)
+    dicom = start_dicom_server(pacs, config.host, config.dicom_port, listen_socket=listen_socket)
     http = start_http_server(pacs, config.host, config.http_port)
     dispatcher = Dispatcher(pacs)
     dispatcher.start()

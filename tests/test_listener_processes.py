@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,7 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pynetdicom.sop_class import Verification
 
+from pacscore.dicom.scu import client_ae
 from tests.conftest import DCMTK_ENV, dcmtk
 from tests.dicomgen import make_instance
 
@@ -111,3 +114,47 @@ def test_a_dead_listener_is_restarted_and_none_outlives_the_server(pacs_home, tm
     wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children))
     pacs_home.start(args=("--dicom-processes", "2"))  # the port and the home are free again
     assert len(listener_pids(pacs_home)) == 1
+
+
+def served_connections(pid: int, port: int) -> int:
+    """Established TCP connections on ``port`` whose socket process ``pid`` holds."""
+    established = set()
+    for table in ("tcp", "tcp6"):
+        for row in proc_file(pid, f"net/{table}").splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                established.add(fields[9])  # the socket's inode
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                held.add(target[8:-1])
+    return len(established & held)
+
+
+def test_associations_go_to_the_least_busy_process(pacs_home):
+    """Four associations opened one after the other on two processes: two each (the
+    kernel's hash of SO_REUSEPORT put all four in one process one time in eight)."""
+    pacs_home.start(args=("--dicom-processes", "2"))
+    (child,) = listener_pids(pacs_home)
+    wait_until(lambda: "--index" in proc_file(child, "cmdline"))
+    time.sleep(1.0)  # the child is listening once it has imported everything
+    ae = client_ae("SPREAD", timeout=10)
+    ae.add_requested_context(Verification)
+    associations = []
+    try:
+        for _ in range(4):
+            associations.append(
+                ae.associate("127.0.0.1", pacs_home.dicom_port, ae_title=pacs_home.aet)
+            )
+            assert associations[-1].is_established
+            time.sleep(0.2)
+        counts = [
+            served_connections(pid, pacs_home.dicom_port) for pid in (pacs_home.process.pid, child)
+        ]
+        assert counts == [2, 2]
+        assert all(assoc.send_c_echo().Status == 0 for assoc in associations)
+    finally:
+        for assoc in associations:
+            assoc.release()

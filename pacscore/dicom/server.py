@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
@@ -28,7 +29,7 @@ from pacscore.dicom import (
     rawsend,
     reactor_waits,
     reply_race,
-    reuseport,
+    shared_listener,
 )
 from pacscore.dicom.find import handle_find
 from pacscore.dicom.mpps import handle_n_create, handle_n_set
@@ -99,7 +100,7 @@ def install_extensions(lean_store_path: bool = True) -> None:
     access.install()
     rawsend.install()
     nodelay.install()
-    reuseport.install()
+    shared_listener.install()
     dul_guard.install()
     reactor_waits.install()
     reply_race.install()
@@ -111,14 +112,15 @@ def install_extensions(lean_store_path: bool = True) -> None:
     _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
 
 
-def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
+def start_dicom_server(pacs, host: str, port: int, listen_socket: socket.socket | None = None):
     """Start listening in background threads; returns the pynetdicom server.
 
-    ``reuse_port``: share the port with the other listener processes.
+    ``listen_socket``: the listening socket shared by the listener processes
+    (dicom/shared_listener.py), instead of binding ``host:port``.
     """
     install_extensions(pacs.config.lean_store)
     ae = build_ae(pacs)
-    ae.reuse_port = reuse_port
+    ae.listen_socket = listen_socket
     server = ae.make_server(
         (host, port), evt_handlers=handlers(pacs), server_class=ThreadedAssociationServer
     )
@@ -132,5 +134,6 @@ def start_dicom_server(pacs, host: str, port: int, reuse_port: bool = False):
     )
     accept_loop.start()
     ae._servers.append(server)  # so that ae.shutdown() stops it, as start_server does
-    log.info("DICOM listening on %s:%d as %s", host, port, pacs.config.aet)
+    bound_host, bound_port = server.server_address[:2]
+    log.info("DICOM listening on %s:%d as %s", bound_host, bound_port, pacs.config.aet)
     return server

@@ -1,0 +1,101 @@
+"""One listening socket shared by every listener process, and connections spread
+by load.
+
+``pacscore serve`` binds the DICOM port itself and hands the socket to its
+child listeners (``pacscore dicom-listener --listen-fd N``); every process
+accepts from the same queue.  With SO_REUSEPORT, which this replaces, the
+kernel picked the process by a hash of the peer's address, blind to load: one
+time in eight, four modalities connecting at once all landed in one process
+of two, sharing one GIL while the other core idled.  Here the socket is
+non-blocking, every process is woken by a new connection, and each waits
+``ACCEPT_DELAY_SECONDS`` per association it is serving before it tries to
+accept: the least busy process usually wins, a loser gets EAGAIN and goes
+back to waiting.
+
+pynetdicom binds its server socket itself (``AssociationServer.server_bind``)
+and offers no hook, so the server class is wrapped: an AE with a
+``listen_socket`` adopts it instead of binding, closes it without shutting
+it down (a shutdown would stop every process's listening), and accepts as
+above.  See ``pacscore/listeners.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from pynetdicom.transport import AssociationServer
+
+# what one association being served adds to a process's wait before accepting
+ACCEPT_DELAY_SECONDS = 0.005
+MAX_ACCEPT_DELAY_SECONDS = 0.05
+# socketserver's default backlog of 5 refuses bursts of modalities connecting at once
+BACKLOG = 128
+
+_installed = False
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """The DICOM port, bound and listening, ready to be shared with child processes."""
+    try:
+        listener = socket.create_server((host, port), backlog=BACKLOG)
+    except OSError as exc:
+        raise OSError(f"DICOM port {port} on {host} is in use: {exc.strerror}") from None
+    listener.setblocking(False)
+    listener.set_inheritable(True)
+    return listener
+
+
+def adopt_listening_socket(fd: int) -> socket.socket:
+    """In a child listener: the parent's listening socket, inherited as ``fd``."""
+    listener = socket.socket(fileno=fd)
+    listener.setblocking(False)
+    return listener
+
+
+def _serving(server: AssociationServer) -> int:
+    """Associations this process is serving: the accepted sockets not yet closed."""
+    accepted = [sock for sock in server._pacs_accepted if sock.fileno() != -1]
+    server._pacs_accepted = accepted
+    return len(accepted)
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    bind, close, get_request = (
+        AssociationServer.server_bind,
+        AssociationServer.server_close,
+        AssociationServer.get_request,
+    )
+
+    def server_bind(self) -> None:
+        shared = getattr(self.ae, "listen_socket", None)
+        self._pacs_accepted = []
+        if shared is None:
+            return bind(self)
+        self.socket.close()  # the one socketserver made for us to bind
+        self.socket = shared
+        self.server_address = shared.getsockname()
+
+    def server_close(self) -> None:
+        if getattr(self.ae, "listen_socket", None) is None:
+            return close(self)
+        self.socket.close()  # this process's descriptor only: the others keep listening
+
+    def accept_by_load(self):
+        if getattr(self.ae, "listen_socket", None) is None:
+            return get_request(self)
+        serving = _serving(self)
+        if serving:
+            time.sleep(min(serving * ACCEPT_DELAY_SECONDS, MAX_ACCEPT_DELAY_SECONDS))
+        client, address = get_request(self)  # BlockingIOError: another process took it
+        self._pacs_accepted.append(client)
+        return client, address
+
+    AssociationServer.server_bind = server_bind
+    AssociationServer.server_close = server_close
+    AssociationServer.get_request = accept_by_load
+    AssociationServer.request_queue_size = BACKLOG
+    _installed = True
