@@ -7,6 +7,7 @@ a success means the file is fsynced and its index row committed.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -315,7 +316,7 @@ class Archive:
                 patient_id=h.patient_id,
                 modality=h.modality,
                 transfer_syntax=incoming.transfer_syntax,
-                path=str(self.folders.absolute(storage, relpath)),
+                path=os.path.join(storage.path, relpath),
                 size=incoming.size,
                 calling_ae=incoming.calling_ae,
                 received_at=now.isoformat(),
