@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -136,10 +137,28 @@ def _insert_or_get(model, unique: str, key: str, values: dict) -> tuple[int, boo
     return sql.select_value(model, "id", unique, key), False
 
 
+class _Counter:
+    """How many threads are inside ``with counter:``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Counter:
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
 class Archive:
     def __init__(self, pacs: Pacs) -> None:
         self.pacs = pacs
         self.folders = StorageFolders(pacs.config.sync_directories)
+        self._storing = _Counter()  # stores indexing their file now
 
     # -- storing -------------------------------------------------------------
 
@@ -181,17 +200,23 @@ class Archive:
         except OSError as exc:
             return self._cannot_write(storage, relpath, exc)
         try:
-            # the rows are written while the file is fsynced; the commit waits for the
-            # fsync, and the .ready file is the journal that redoes it after a power loss
-            stored = self._index(
-                header,
-                incoming,
-                storage,
-                relpath,
-                overwrite,
-                sync_commit=False,
-                before_commit=pending.wait,
-            )
+            with self._storing:
+                # alone, the rows are written while the file is fsynced and the commit
+                # waits for the fsync; with other stores in this process, the lock held
+                # meanwhile would stall them, so the fsync comes first
+                alone = self._storing.count == 1
+                if not alone:
+                    pending.wait()
+                # the .ready file is the journal that redoes the commit after a power loss
+                stored = self._index(
+                    header,
+                    incoming,
+                    storage,
+                    relpath,
+                    overwrite,
+                    sync_commit=False,
+                    before_commit=pending.wait if alone else None,
+                )
         except OSError as exc:  # from the fsync: the database raises its own errors
             pending.discard()
             return self._cannot_write(storage, relpath, exc)
