@@ -12,6 +12,7 @@ commits are durable.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,14 @@ import pytest
 
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
 from pacscore.dicom import status
-from pacscore.models import Instance, OutboxEvent, Storage, TrashedFile, connection
+from pacscore.models import (
+    Instance,
+    OutboxEvent,
+    Storage,
+    TrashedFile,
+    connection,
+    is_sqlite,
+)
 from pacscore.storage import INCOMING, instance_relpath
 from tests.dicomgen import make_instance
 from tests.test_outbox import Recorder, drain_all, store
@@ -364,3 +372,40 @@ def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_pa
 
     monkeypatch.setattr("pacscore.storage.os.fsync", real_fsync)
     assert store(pacs, second).ok and indexed("1.2.3.77.16.2")
+
+
+@pytest.mark.parametrize("others_storing", [0, 1], ids=["alone", "with-another-store"])
+def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
+    make_pacs, tmp_path, monkeypatch, others_storing
+):
+    """Alone in its process, a store writes its rows while its file is fsynced, holding
+    SQLite's write lock; with other stores running, that lock would stall them, so the
+    fsync comes first and the lock stays free meanwhile."""
+    pacs = make_pacs()
+    if not is_sqlite():
+        pytest.skip("SQLite's database-wide write lock")
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.17.1")
+    real_fsync = os.fsync
+    lock_free_during_fsync = []
+
+    def observing_fsync(fd):
+        time.sleep(0.3)  # a store writing its rows meanwhile has taken the lock by now
+        other = sqlite3.connect(pacs.database.database, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+            lock_free_during_fsync.append(True)
+        except sqlite3.OperationalError:  # database is locked
+            lock_free_during_fsync.append(False)
+        finally:
+            other.close()
+        real_fsync(fd)
+
+    store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.17.0"))  # folders made
+    monkeypatch.setattr("pacscore.storage.os.fsync", observing_fsync)
+    for _ in range(others_storing):
+        pacs.archive._storing.__enter__()
+    assert store(pacs, source).ok
+
+    assert lock_free_during_fsync == [bool(others_storing)]
+    assert indexed("1.2.3.77.17.1")
