@@ -35,7 +35,7 @@ from pacscore.models import (
     utcnow,
     write_transaction,
 )
-from pacscore.storage import StorageFolders, StorageFull, instance_relpath
+from pacscore.storage import PendingWrite, StorageFolders, StorageFull, instance_relpath
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs
@@ -200,23 +200,9 @@ class Archive:
         except OSError as exc:
             return self._cannot_write(storage, relpath, exc)
         try:
-            with self._storing:
-                # alone, the rows are written while the file is fsynced and the commit
-                # waits for the fsync; with other stores in this process, the lock held
-                # meanwhile would stall them, so the fsync comes first
-                alone = self._storing.count == 1
-                if not alone:
-                    pending.wait()
-                # the .ready file is the journal that redoes the commit after a power loss
-                stored = self._index(
-                    header,
-                    incoming,
-                    storage,
-                    relpath,
-                    overwrite,
-                    sync_commit=False,
-                    before_commit=pending.wait if alone else None,
-                )
+            stored = self._index_when_durable(
+                pending, header, incoming, storage, relpath, overwrite
+            )
         except OSError as exc:  # from the fsync: the database raises its own errors
             pending.discard()
             return self._cannot_write(storage, relpath, exc)
@@ -236,6 +222,36 @@ class Archive:
             log.error("cannot move %s to its place (recovered at restart): %s", pending.ready, exc)
         self.pacs.outbox.wake()
         return StoreResult(status.SUCCESS, instance=stored)
+
+    def _index_when_durable(
+        self,
+        pending: PendingWrite,
+        header: Header,
+        incoming: IncomingInstance,
+        storage,
+        relpath: str,
+        overwrite: bool,
+    ):
+        """Index a file being fsynced, committing once it is durable (the ``.ready``
+        file is the journal that redoes the commit after a power loss).
+
+        Alone in its process, a store writes the rows while the file is fsynced;
+        with other stores running, the SQLite write lock held meanwhile would stall
+        them, so the fsync comes first.
+        """
+        with self._storing:
+            alone = self._storing.count == 1
+            if not alone:
+                pending.wait()
+            return self._index(
+                header,
+                incoming,
+                storage,
+                relpath,
+                overwrite,
+                sync_commit=False,
+                before_commit=pending.wait if alone else None,
+            )
 
     def _cannot_write(self, storage, relpath: str, exc: OSError) -> StoreResult:
         self.pacs.alert("file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name)
