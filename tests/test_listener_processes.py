@@ -14,6 +14,7 @@ import pytest
 from pynetdicom.sop_class import Verification
 
 from pacscore.dicom.scu import client_ae
+from pacscore.dicom.shared_listener import bind_listening_socket
 from tests.conftest import DCMTK_ENV, dcmtk
 from tests.dicomgen import make_instance
 
@@ -158,3 +159,14 @@ def test_associations_go_to_the_least_busy_process(pacs_home):
     finally:
         for assoc in associations:
             assoc.release()
+
+
+def test_a_dicom_port_held_by_another_program_is_refused_clearly():
+    """Without SO_REUSEPORT a second program can no longer share the port silently."""
+    holder = bind_listening_socket("127.0.0.1", 0)
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(OSError, match=f"DICOM port {port} on 127.0.0.1 is in use"):
+            bind_listening_socket("127.0.0.1", port)
+    finally:
+        holder.close()

@@ -37,8 +37,9 @@ _installed = False
 
 def bind_listening_socket(host: str, port: int) -> socket.socket:
     """The DICOM port, bound and listening, ready to be shared with child processes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listener = socket.create_server((host, port), backlog=BACKLOG)
+        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         raise OSError(f"DICOM port {port} on {host} is in use: {exc.strerror}") from None
     listener.setblocking(False)
