@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacscore.archive import read_dicom_file
-from pacscore.dicom import command_sets, nodelay, rawsend, reply_race
+from pacscore.dicom import command_sets, lean_send, nodelay, rawsend, reply_race
 from pacscore.models import Node
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -53,11 +53,12 @@ def describe(node: Node) -> str:
 def client_ae(calling_aet: str, timeout: float) -> AE:
     """An AE for pacscore as a client, with ``timeout`` for ACSE, DIMSE and the network."""
     # the listener's extensions: no Nagle delay, stored bytes sent as they are, no lost
-    # reply, command sets encoded directly
+    # reply, command sets encoded directly, each message sent in one write
     nodelay.install()
     rawsend.install()
     reply_race.install()
     command_sets.install()
+    lean_send.install()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae

@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
@@ -24,11 +25,13 @@ from pacscore.dicom import (
     access,
     command_sets,
     dul_guard,
+    lean_send,
     lean_store,
     nodelay,
     rawsend,
     reactor_waits,
     reply_race,
+    shared_contexts,
     shared_listener,
 )
 from pacscore.dicom.find import handle_find
@@ -47,6 +50,14 @@ QUERY_RETRIEVE = (
     StudyRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
 )
+# The acceptor's order decides which syntax of a proposed context is taken.  Explicit
+# VR first: what modalities send and we mostly store, so that a C-GET's sub-operations
+# (negotiated before anything is chosen) send the stored bytes instead of re-encoding
+# them, and incoming data keeps its VRs (pynetdicom's list starts with implicit VR)
+STORAGE_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian),
+]
 # what we receive per PDU: large enough to read big instances in few reads
 MAX_PDU = 128 * 1024
 # how long stopping the accept loop may wait
@@ -68,7 +79,7 @@ def build_ae(pacs) -> AE:
     # scp_role for C-GET: the peer is the Storage SCP on the same association
     for context in StoragePresentationContexts:
         ae.add_supported_context(
-            context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+            context.abstract_syntax, STORAGE_SYNTAXES, scp_role=True, scu_role=False
         )
     for sop_class in QUERY_RETRIEVE:
         ae.add_supported_context(sop_class)
@@ -101,10 +112,12 @@ def install_extensions(lean_store_path: bool = True) -> None:
     rawsend.install()
     nodelay.install()
     shared_listener.install()
+    shared_contexts.install()
     dul_guard.install()
     reactor_waits.install()
     reply_race.install()
     command_sets.install()
+    lean_send.install()
     if lean_store_path:
         lean_store.install()
     # pynetdicom formats every identifier for its log even when nobody reads it

@@ -1,0 +1,135 @@
+"""The lean sending path: a DIMSE message leaves as one write of all its PDUs.
+
+pynetdicom sends a message as one P-DATA primitive per fragment.  Each one
+goes through the provider queue, the state machine, a P-DATA-TF object and
+its generic encoder, an event and a ``send`` of its own: a 525 KB instance
+sent to a DCMTK peer (16 KB maximum PDU) is 33 such trips, most of the CPU
+of a C-MOVE sub-operation.  Here ``encode_msg`` frames the whole message
+itself (the same PDUs, byte for byte: same fragment sizes, one PDV per PDU,
+same message control headers) and yields a single :class:`EncodedMessage`;
+the state machine's P-DATA actions (DT-1 in Sta6, AR-7 in Sta8, neither
+changes the state) write it with one ``send``.  The event queue, the state
+machine and the order of messages are pynetdicom's as before, one Evt9 per
+message instead of one per PDU.
+
+``EVT_PDU_SENT`` still fires once per PDU when a handler other than
+pynetdicom's standard (debug log) one is bound.  A data set that pynetdicom
+streams from a file is framed by pynetdicom as before.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+
+from pynetdicom import evt, fsm
+from pynetdicom._handlers import standard_pdu_sent_handler
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+
+from pacscore.dicom import command_sets
+
+P_DATA_TF_TYPE = 0x04
+COMMAND_BIT, LAST_BIT = 0x01, 0x02
+# the PDV item's own header: item length (4), context ID (1), control header (1)
+PDV_HEADER = 6
+_installed = False
+pynetdicom_encode_msg = DIMSEMessage.encode_msg
+
+
+class EncodedMessage(P_DATA):
+    """A whole DIMSE message as the bytes of its P-DATA-TF PDUs."""
+
+    def __init__(self, encoded: bytes) -> None:
+        super().__init__()
+        self.encoded = encoded
+
+
+def frame(context_id: int, command: bool, payload: bytes, max_pdu: int) -> list[bytes]:
+    """The P-DATA-TF PDUs carrying ``payload`` (a command set or a data set), as
+    pynetdicom fragments it: one PDV per PDU, fragments of ``max_pdu - 6`` bytes
+    (``max_pdu`` 0: no limit)."""
+    size = max_pdu - PDV_HEADER if max_pdu else max(len(payload), 1)
+    view = memoryview(payload)
+    parts: list[bytes] = []
+    for offset in range(0, len(payload), size):
+        fragment = view[offset : offset + size]
+        control = (COMMAND_BIT if command else 0) | (
+            LAST_BIT if offset + size >= len(payload) else 0
+        )
+        parts.append(
+            struct.pack(
+                ">BBLLBB",
+                P_DATA_TF_TYPE,
+                0,
+                len(fragment) + PDV_HEADER,
+                len(fragment) + 2,
+                context_id,
+                control,
+            )
+        )
+        parts.append(fragment)
+    return parts
+
+
+def encode_msg(self: DIMSEMessage, context_id: int, max_pdu_length: int) -> Iterator[P_DATA]:
+    """``DIMSEMessage.encode_msg``: the whole message as one :class:`EncodedMessage`."""
+    if self._data_set_path is not None:  # streamed from a file by pynetdicom
+        yield from pynetdicom_encode_msg(self, context_id, max_pdu_length)
+        return
+    self.context_id = context_id
+    command = command_sets.encode(self.command_set, True, True)
+    parts = frame(context_id, True, command, max_pdu_length)
+    data_set = self.data_set.getvalue() if self.data_set is not None else b""
+    if data_set:
+        parts += frame(context_id, False, data_set, max_pdu_length)
+    yield EncodedMessage(b"".join(parts))
+
+
+def _watches_pdus(dul: DULServiceProvider) -> bool:
+    """A handler other than pynetdicom's debug log is bound to EVT_PDU_SENT."""
+    handlers = dul.assoc.get_handlers(evt.EVT_PDU_SENT)
+    return any(handler is not standard_pdu_sent_handler for handler, _ in handlers)
+
+
+def _each_pdu(encoded: bytes) -> Iterator[P_DATA_TF]:
+    offset = 0
+    while offset < len(encoded):
+        (length,) = struct.unpack_from(">L", encoded, offset + 2)
+        pdu = P_DATA_TF()
+        pdu.decode(encoded[offset : offset + 6 + length])
+        yield pdu
+        offset += 6 + length
+
+
+def _send_encoded(action: Callable[[DULServiceProvider], str], next_state: str) -> Callable:
+    """Wrap a state machine action that sends the queued P-DATA primitive."""
+
+    def send(dul: DULServiceProvider) -> str:
+        primitive = dul.to_provider_queue.queue[0]
+        if not isinstance(primitive, EncodedMessage):
+            return action(dul)
+        dul.to_provider_queue.get(False)
+        if dul.socket is None:
+            return next_state
+        dul.socket.send(primitive.encoded)
+        if _watches_pdus(dul):
+            for pdu in _each_pdu(primitive.encoded):
+                evt.trigger(dul.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
+        return next_state
+
+    return send
+
+
+def install() -> None:
+    """Frame whole messages and send them at once (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    DIMSEMessage.encode_msg = encode_msg
+    for name in ("DT-1", "AR-7"):
+        description, action, next_state = fsm.ACTIONS[name]
+        fsm.ACTIONS[name] = (description, _send_encoded(action, next_state), next_state)
+    _installed = True
