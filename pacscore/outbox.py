@@ -56,16 +56,18 @@ class Outbox:
         """Record a hook call owed to plugins; call it inside the data's transaction.
 
         Nothing is recorded for a hook no loaded plugin implements (plugins
-        are loaded at start, so none could receive it in this process).
+        are loaded at start, so none could receive it in this process), nor
+        for one whose implementations all say they do not want it now
+        (the ``event_wanted`` hook).
         """
-        if not self.pacs.hooks.has_implementations(hook):
+        if not self.pacs.hooks.event_wanted(hook, self.pacs):
             return
         payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
         sql.insert(OutboxEvent, {"hook": hook, "payload": payload})
 
     def enqueue_many(self, hook: str, calls: list[dict[str, Any]]) -> None:
         """Record several calls of one hook (each a dict of arguments) in one statement."""
-        if not calls or not self.pacs.hooks.has_implementations(hook):
+        if not calls or not self.pacs.hooks.event_wanted(hook, self.pacs):
             return
         rows = [
             {"hook": hook, "payload": json.dumps({k: _encode(v) for k, v in call.items()})}

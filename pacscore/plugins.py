@@ -187,6 +187,19 @@ class PluginHost:
     def has_implementations(self, hook_name: str) -> bool:
         return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
 
+    def event_wanted(self, hook_name: str, pacs: Any) -> bool:
+        """Some plugin implementing ``hook_name`` wants its calls now: one that does not
+        implement ``event_wanted``, or whose ``event_wanted`` does not say ``False``."""
+        askers = {impl.plugin: impl for impl in self.pm.hook.event_wanted.get_hookimpls()}
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            ask = askers.get(impl.plugin)
+            if ask is None:
+                return True
+            ok, wanted = self._call_one(ask, "event_wanted", {"pacs": pacs, "hook": hook_name})
+            if not ok or wanted is not False:
+                return True
+        return False
+
     def settings_schema(self, plugin_name: str):
         plugin = self.pm.get_plugin(plugin_name)
         if plugin is None:

@@ -139,6 +139,63 @@ def test_on_store_is_delivered_by_the_outbox_with_the_stored_instance(make_pacs,
     assert len(recorder.stored) == 1
 
 
+class Choosy(Recorder):
+    """A recorder that says whether it wants events, and raises when told to."""
+
+    def __init__(self, wanted: bool | None) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.asked: list[str] = []
+
+    @hookimpl
+    def event_wanted(self, hook):
+        self.asked.append(hook)
+        if self.wanted == "raise":
+            raise RuntimeError("cannot tell")
+        return self.wanted
+
+
+def outbox_rows() -> int:
+    with connection():
+        return OutboxEvent.select().count()
+
+
+def test_events_no_plugin_wants_are_not_recorded(make_pacs, tmp_path):
+    choosy = Choosy(wanted=False)
+    pacs = make_pacs(choosy)
+    first, second, third = (make_instance(tmp_path / "in", patient_id="CH1") for _ in range(3))
+
+    assert store(pacs, first).ok
+    assert choosy.asked == ["on_store"]
+    assert outbox_rows() == 0  # not even recorded
+
+    choosy.wanted = None  # "may": recorded and delivered
+    assert store(pacs, second).ok
+    assert outbox_rows() == 1
+    drain_all(pacs)
+    assert [event.sop_uid for event in choosy.stored] == [second.stem]
+
+    choosy.wanted = "raise"  # an error counts as wanted, and is recorded
+    assert store(pacs, third).ok
+    drain_all(pacs)
+    assert [event.sop_uid for event in choosy.stored] == [second.stem, third.stem]
+    assert any(f.hook == "event_wanted" for f in pacs.hooks.failures)
+
+    with connection():  # deletions ask too
+        pacs.archive.delete(Instance.select().where(Instance.sop_uid == first.stem), reason="test")
+    assert choosy.asked[-1] == "on_delete"
+
+
+def test_an_event_one_plugin_wants_reaches_every_implementation(make_pacs, tmp_path):
+    choosy, recorder = Choosy(wanted=False), Recorder()
+    pacs = make_pacs(choosy, recorder)  # the recorder does not say: it wants everything
+    path = make_instance(tmp_path / "in", patient_id="CH2")
+    assert store(pacs, path).ok
+    drain_all(pacs)
+    # the hint only spares the outbox: the hook itself is still called
+    assert [e.sop_uid for e in recorder.stored] == [e.sop_uid for e in choosy.stored] == [path.stem]
+
+
 def test_events_of_a_crashed_process_are_delivered_once_by_the_next(make_pacs, tmp_path):
     crashed = make_pacs(Recorder())
     paths = [make_instance(tmp_path / "in", patient_id="CRASH") for _ in range(3)]

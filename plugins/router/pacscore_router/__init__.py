@@ -84,10 +84,23 @@ def _rules_with(settings: dict, wanted) -> list[tuple[dict, list[dict]]]:
     return selected
 
 
+def _per_instance_push(action: dict) -> bool:
+    return action["type"] == PUSH and action["per_instance"]
+
+
+@hookimpl
+def event_wanted(pacs, hook):
+    """Stored instances matter only to per-instance push rules: without one, the core
+    records no on_store event at all."""
+    if hook != "on_store":
+        return None
+    return bool(_rules_with(pacs.plugin_settings(PLUGIN_NAME), _per_instance_push))
+
+
 @hookimpl
 def on_store(pacs, instance):
     settings = pacs.plugin_settings(PLUGIN_NAME)
-    rules = _rules_with(settings, lambda a: a["type"] == PUSH and a["per_instance"])
+    rules = _rules_with(settings, _per_instance_push)
     if not rules or _from_remote_archive(pacs, settings, instance.calling_ae):
         return
     subject = _file_subject(

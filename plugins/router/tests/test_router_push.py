@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from router_fixtures import DEST_AET, make_study, wait_until
 
-from pacscore.models import Job, connection, utcnow
+from pacscore.models import Job, OutboxEvent, connection, utcnow
 from tests.conftest import pydicom_test_files
 from tests.dicomgen import dataset_bytes
 
@@ -112,6 +112,24 @@ def test_a_destination_down_leaves_a_pending_job_then_retry_delivers_once(
     with connection():
         router_rules.resend_study(router.pacs, "to-dest", study_uid)
     wait_until(lambda: len(dest.files()) == 4, what="the forced resend")
+
+
+def test_stores_owe_the_router_no_event_without_a_per_instance_rule(router_pacs, tmp_path):
+    router = router_pacs()  # not started: the events stay in the outbox
+    router.add_node("dest", DEST_AET, 1)
+
+    def events_after_storing_one(folder: str) -> int:
+        router.store(make_study(tmp_path / folder, 1)[0])
+        with connection():
+            return OutboxEvent.select().where(OutboxEvent.hook == "on_store").count()
+
+    assert events_after_storing_one("none") == 0  # no rule at all
+    router.configure(rules=[push_rule()])  # per study: it waits for on_study_stable
+    assert events_after_storing_one("per-study") == 0
+    router.configure(rules=[push_rule(action={"per_instance": True}, enabled=False)])
+    assert events_after_storing_one("disabled") == 0
+    router.configure(rules=[push_rule(action={"per_instance": True})])
+    assert events_after_storing_one("per-instance") == 1
 
 
 def test_per_instance_push_and_filters(router_pacs, storescp, tmp_path):
