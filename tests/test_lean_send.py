@@ -4,6 +4,8 @@ maximum PDU length."""
 
 from __future__ import annotations
 
+import re
+import threading
 from io import BytesIO
 
 import pytest
@@ -13,9 +15,12 @@ from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
 
+from pacscore.archive import read_dicom_file
 from pacscore.dicom import lean_send
+from pacscore.dicom import server as server_module
 from pacscore.dicom.scu import client_ae
-from tests.conftest import run_dcmtk
+from pacscore.models import Node, connection
+from tests.conftest import free_port, run_dcmtk
 from tests.dicomgen import make_instance
 from tests.test_command_sets import MESSAGES, message_for, store_rq
 from tests.test_dicom_services import storescp  # noqa: F401 (fixture)
@@ -102,3 +107,51 @@ def test_get_delivers_whole_instances_at_any_maximum_pdu(server, tmp_path, max_p
     assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(sent)
     for ds in got:
         assert ds == sent[str(ds.SOPInstanceUID)]
+
+
+@pytest.fixture
+def listener(make_pacs):
+    pacs = make_pacs()
+    port = free_port()
+    dicom = server_module.start_dicom_server(pacs, "127.0.0.1", port)
+    with connection():
+        Node.create(
+            name="ws", aet="GETTER", host="127.0.0.1", port=1, allow_find=True, allow_get=True
+        )
+    pacs.nodes.invalidate()
+    yield pacs, port
+    dicom.shutdown()
+
+
+def test_the_association_thread_writes_its_messages_itself(listener, tmp_path, monkeypatch):
+    """C-FIND responses and C-GET sub-operations leave from the association thread,
+    without a hand-over to the DUL thread, and arrive whole and in order."""
+    pacs, port = listener
+    writers: list[str] = []
+    write = lean_send._write
+
+    def recording_write(dul, encoded):
+        writers.append(type(threading.current_thread()).__name__)
+        write(dul, encoded)
+
+    monkeypatch.setattr(lean_send, "_write", recording_write)
+    study = generate_uid()
+    for _ in range(3):
+        data, ts = read_dicom_file(ct_file(tmp_path / "in", 100, study))
+        with connection():
+            assert pacs.archive.store(data, ts, calling_ae="MODALITY").ok
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    count = ["-k", "NumberOfStudyRelatedInstances"]
+    found = run_dcmtk("findscu", "-aet", "GETTER", "-aec", pacs.config.aet, "-S", *keys,
+                      *count, "127.0.0.1", str(port), "-v")  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert re.search(r"\[3 ?\] +#.*NumberOfStudyRelatedInstances", found.stdout + found.stderr)
+    out = tmp_path / "got"
+    out.mkdir()
+    got = run_dcmtk("getscu", "-aet", "GETTER", "-aec", pacs.config.aet, "-S", "-od", str(out),
+                    *keys, "127.0.0.1", str(port))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert len(list(out.iterdir())) == 3
+    # C-FIND: one pending and one final response; C-GET: three sub-operations, a
+    # pending response after each, the final one
+    assert writers.count("Association") == 2 + 3 * 2 + 1

@@ -12,6 +12,15 @@ changes the state) write it with one ``send``.  The event queue, the state
 machine and the order of messages are pynetdicom's as before, one Evt9 per
 message instead of one per PDU.
 
+A message queued by another thread than the DUL thread (the association's:
+C-FIND responses, C-GET and C-MOVE sub-operations) is written by that thread
+at once when the association is established and nothing else is queued:
+the DUL thread would only take it off the queue and send it, a thread
+hand-over per message.  One lock per association orders every write to the
+socket, and covers the DUL thread from taking a P-DATA primitive off its
+queue until it is sent, so a message written directly never overtakes one
+queued before it.
+
 ``EVT_PDU_SENT`` still fires once per PDU when a handler other than
 pynetdicom's standard (debug log) one is bound.  A data set that pynetdicom
 streams from a file is framed by pynetdicom as before.
@@ -20,14 +29,17 @@ streams from a file is framed by pynetdicom as before.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterator
 
 from pynetdicom import evt, fsm
 from pynetdicom._handlers import standard_pdu_sent_handler
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from pacscore.dicom import command_sets
 
@@ -104,23 +116,57 @@ def _each_pdu(encoded: bytes) -> Iterator[P_DATA_TF]:
         offset += 6 + length
 
 
+def send_lock(assoc: Association) -> threading.RLock:
+    """The association's send lock: held by every write to its socket, and by the
+    DUL thread from taking a P-DATA primitive off its queue until it is sent."""
+    lock = assoc.__dict__.get("_pacs_send_lock")
+    if lock is None:  # setdefault: two threads asking first get the same lock
+        lock = assoc.__dict__.setdefault("_pacs_send_lock", threading.RLock())
+    return lock
+
+
+def _write(dul: DULServiceProvider, encoded: bytes) -> None:
+    dul.socket.send(encoded)
+    if _watches_pdus(dul):
+        for pdu in _each_pdu(encoded):
+            evt.trigger(dul.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
+
+
 def _send_encoded(action: Callable[[DULServiceProvider], str], next_state: str) -> Callable:
     """Wrap a state machine action that sends the queued P-DATA primitive."""
 
     def send(dul: DULServiceProvider) -> str:
-        primitive = dul.to_provider_queue.queue[0]
-        if not isinstance(primitive, EncodedMessage):
-            return action(dul)
-        dul.to_provider_queue.get(False)
-        if dul.socket is None:
+        with send_lock(dul.assoc):
+            primitive = dul.to_provider_queue.queue[0]
+            if not isinstance(primitive, EncodedMessage):
+                return action(dul)
+            dul.to_provider_queue.get(False)
+            if dul.socket is not None:
+                _write(dul, primitive.encoded)
             return next_state
-        dul.socket.send(primitive.encoded)
-        if _watches_pdus(dul):
-            for pdu in _each_pdu(primitive.encoded):
-                evt.trigger(dul.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
-        return next_state
 
     return send
+
+
+def _sent_directly(dul: DULServiceProvider, primitive: P_DATA) -> bool:
+    """Write a message queued from another thread (the association's) at once, when
+    the DUL thread has nothing queued or in flight and the association is established:
+    the DUL thread would only take it off the queue and send it, one thread hand-over
+    per message (a C-FIND response, a C-GET sub-operation) for nothing."""
+    if (
+        not isinstance(primitive, EncodedMessage)
+        or threading.current_thread() is dul
+        or dul.socket is None
+    ):
+        return False
+    with send_lock(dul.assoc):
+        # Sta6: DT-1 sends P-DATA without changing the state; in any other state the
+        # state machine decides.  An empty queue under the lock: nothing sent before
+        # this message can still be on its way.
+        if dul.state_machine.current_state != "Sta6" or not dul.to_provider_queue.empty():
+            return False
+        _write(dul, primitive.encoded)
+    return True
 
 
 def install() -> None:
@@ -129,6 +175,18 @@ def install() -> None:
     if _installed:
         return
     DIMSEMessage.encode_msg = encode_msg
+    queue_pdu, socket_send = DULServiceProvider.send_pdu, AssociationSocket.send
+
+    def send_pdu(self: DULServiceProvider, primitive) -> None:
+        if not _sent_directly(self, primitive):
+            queue_pdu(self, primitive)
+
+    def send(self: AssociationSocket, bytestream: bytes) -> None:
+        with send_lock(self.assoc):
+            socket_send(self, bytestream)
+
+    DULServiceProvider.send_pdu = send_pdu
+    AssociationSocket.send = send
     for name in ("DT-1", "AR-7"):
         description, action, next_state = fsm.ACTIONS[name]
         fsm.ACTIONS[name] = (description, _send_encoded(action, next_state), next_state)
