@@ -198,7 +198,7 @@ def recreate_postgres_database(url: str) -> None:
     )
     admin.autocommit = True
     with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # our own index reads
         cursor.execute(f'CREATE DATABASE "{name}"')
     admin.close()
 
