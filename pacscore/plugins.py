@@ -189,7 +189,8 @@ class PluginHost:
 
     def event_wanted(self, hook_name: str, pacs: Any) -> bool:
         """Some plugin implementing ``hook_name`` wants its calls now: one that does not
-        implement ``event_wanted``, or whose ``event_wanted`` does not say ``False``."""
+        implement ``event_wanted``, or whose ``event_wanted`` does not say ``False``; or
+        a plugin was enabled after this process started, which it cannot ask."""
         askers = {impl.plugin: impl for impl in self.pm.hook.event_wanted.get_hookimpls()}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             ask = askers.get(impl.plugin)
@@ -198,7 +199,19 @@ class PluginHost:
             ok, wanted = self._call_one(ask, "event_wanted", {"pacs": pacs, "hook": hook_name})
             if not ok or wanted is not False:
                 return True
-        return False
+        return self._enabled_elsewhere()
+
+    def _enabled_elsewhere(self) -> bool:
+        """A plugin disabled here has been enabled in the database since: the console's
+        switch registers it in the web process only, where the dispatcher delivers
+        events, not in the DICOM listener processes that record them."""
+        from pacscore.models import PluginState
+
+        disabled = [name for name, info in self.infos.items() if not info.enabled]
+        if not disabled:
+            return False
+        still = PluginState.select().where(PluginState.name.in_(disabled) & ~PluginState.enabled)
+        return still.count() < len(disabled)
 
     def settings_schema(self, plugin_name: str):
         plugin = self.pm.get_plugin(plugin_name)

@@ -24,12 +24,14 @@ from pacscore.models import (
     OutboxEvent,
     Patient,
     PluginFailureRecord,
+    PluginState,
     Series,
     Storage,
     Study,
     TrashedFile,
     connection,
 )
+from pacscore.plugins import PluginInfo
 from pacscore.storage import instance_relpath
 from tests.dicomgen import make_instance
 
@@ -184,6 +186,21 @@ def test_events_no_plugin_wants_are_not_recorded(make_pacs, tmp_path):
     with connection():  # deletions ask too
         pacs.archive.delete(Instance.select().where(Instance.sop_uid == first.stem), reason="test")
     assert choosy.asked[-1] == "on_delete"
+
+
+def test_a_plugin_enabled_in_another_process_gets_its_events(make_pacs, tmp_path):
+    """The console enables a plugin in the web process; the DICOM listener processes,
+    which record the events, still have it disabled and cannot ask it."""
+    pacs = make_pacs(Choosy(wanted=False))
+    pacs.hooks.infos["late"] = PluginInfo("late", "1.0", enabled=False)  # as loaded here
+    with connection():
+        PluginState.create(name="late", enabled=False)
+    assert store(pacs, make_instance(tmp_path / "in", patient_id="EN1")).ok
+    assert outbox_rows() == 0
+    with connection():  # the switch, in another process
+        PluginState.update(enabled=True).where(PluginState.name == "late").execute()
+    assert store(pacs, make_instance(tmp_path / "in", patient_id="EN2")).ok
+    assert outbox_rows() == 1  # for the dispatcher, where the plugin is registered
 
 
 def test_an_event_one_plugin_wants_reaches_every_implementation(make_pacs, tmp_path):
