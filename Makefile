@@ -31,4 +31,4 @@ test: install
 	scripts/install-system-packages scripts/apt-test-packages.txt
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25
