@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE))
 
 import gen  # noqa: E402
 from run import (  # noqa: E402
+    FLOOR_FILES,
     Pacscore,
     disk_alone,
     find_cell,
@@ -57,7 +58,6 @@ from run import (  # noqa: E402
 FIND_REPEAT = 30
 QUERIES = ("C-FIND exact PatientID", "C-FIND StudyDate range")
 BATCH = 5000
-DISK_FILES = 500
 
 
 class FlatPacscore(Pacscore):
@@ -104,7 +104,7 @@ def timed_store(server: FlatPacscore, dirs: list[Path]) -> tuple[float, float]:
 def disk_rate(files_folder: Path, out: Path) -> float:
     """The disk alone, as the bench measures it, at one end of a window: a slower
     machine at the end is not a less flat archive."""
-    files = sorted(f for f in files_folder.rglob("*") if f.is_file())[:DISK_FILES]
+    files = sorted(f for f in files_folder.rglob("*") if f.is_file())[:FLOOR_FILES]
     rate = disk_alone(files, out / "disk-alone")
     log(f"  disk alone: {rate:.1f} files/s")
     return round(rate, 1)
