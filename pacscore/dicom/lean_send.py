@@ -41,7 +41,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
-from pacscore.dicom import command_sets
+from pacscore.dicom import command_sets, per_association
 
 P_DATA_TF_TYPE = 0x04
 COMMAND_BIT, LAST_BIT = 0x01, 0x02
@@ -119,10 +119,7 @@ def _each_pdu(encoded: bytes) -> Iterator[P_DATA_TF]:
 def send_lock(assoc: Association) -> threading.RLock:
     """The association's send lock: held by every write to its socket, and by the
     DUL thread from taking a P-DATA primitive off its queue until it is sent."""
-    lock = assoc.__dict__.get("_pacs_send_lock")
-    if lock is None:  # setdefault: two threads asking first get the same lock
-        lock = assoc.__dict__.setdefault("_pacs_send_lock", threading.RLock())
-    return lock
+    return per_association(assoc, "_pacs_send_lock", threading.RLock)
 
 
 def _write(dul: DULServiceProvider, encoded: bytes) -> None:

@@ -42,6 +42,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 
+from pacscore.dicom import per_association
+
 MAX_WAIT = 0.05
 _installed = False
 
@@ -79,10 +81,7 @@ class _WakingCheckpoint(threading.Event):
 
 
 def _assoc_event(assoc: Association) -> threading.Event:
-    event = assoc.__dict__.get("_pacs_wakeup")
-    if event is None:
-        event = assoc.__dict__.setdefault("_pacs_wakeup", threading.Event())
-    return event
+    return per_association(assoc, "_pacs_wakeup", threading.Event)
 
 
 class _DulWakeup:
