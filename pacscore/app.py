@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from marshmallow import ValidationError
+from peewee import DatabaseError
 
 from pacscore import sql
 from pacscore.archive import Archive
@@ -151,6 +152,18 @@ class Pacs:
         with connection():
             disabled = {p.name for p in PluginState.select().where(~PluginState.enabled)}
         self.hooks.load_entry_points(disabled)
+
+    def follow_plugin_states(self) -> None:
+        """Apply here the plugins enabled or disabled since in the database (by the
+        console in another process, or by ``pacscore plugins``); the server's
+        processes call it every half second."""
+        try:
+            with connection():
+                states = dict(PluginState.select(PluginState.name, PluginState.enabled).tuples())
+        except DatabaseError as exc:
+            log.warning("cannot read the plugins' states: %s", exc)
+            return
+        self.hooks.follow(states)
 
     # -- services for plugins ----------------------------------------------
 

@@ -300,7 +300,8 @@ def _set_plugin_enabled(args, enabled: bool) -> int:
         PluginState.insert(name=args.name, enabled=enabled).on_conflict(
             conflict_target=[PluginState.name], update={PluginState.enabled: enabled}
         ).execute()
-    print(f"plugin {args.name} {'enabled' if enabled else 'disabled'} (running servers: restart)")
+    state = "enabled" if enabled else "disabled"
+    print(f"plugin {args.name} {state} (a running server follows within a second)")
     return 0
 
 

@@ -130,6 +130,7 @@ def run_listener(pacs, listen_fd: int) -> None:
     listener = adopt_listening_socket(listen_fd)
     server = start_dicom_server(pacs, config.host, config.dicom_port, listen_socket=listener)
     freeze_startup_objects()
-    stop.wait()
+    while not stop.wait(0.5):
+        pacs.follow_plugin_states()
     server.shutdown()
     pacs.archive.folders.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -42,6 +43,7 @@ class PluginInfo:
     enabled: bool
     builtin: bool = False
     error: str | None = None
+    local: bool = False  # registered as an object, not loaded from an entry point
 
     @property
     def state(self) -> str:
@@ -99,7 +101,7 @@ class PluginHost:
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object directly (tests, embedding applications)."""
         name = self.pm.register(plugin, name=name)
-        self.infos.setdefault(name, PluginInfo(name, "local", True))
+        self.infos.setdefault(name, PluginInfo(name, "local", True, local=True))
 
     # -- calling -----------------------------------------------------------
 
@@ -189,8 +191,7 @@ class PluginHost:
 
     def event_wanted(self, hook_name: str, pacs: Any) -> bool:
         """Some plugin implementing ``hook_name`` wants its calls now: one that does not
-        implement ``event_wanted``, or whose ``event_wanted`` does not say ``False``; or
-        a plugin was enabled after this process started, which it cannot ask."""
+        implement ``event_wanted``, or whose ``event_wanted`` does not say ``False``."""
         askers = {impl.plugin: impl for impl in self.pm.hook.event_wanted.get_hookimpls()}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             ask = askers.get(impl.plugin)
@@ -199,19 +200,7 @@ class PluginHost:
             ok, wanted = self._call_one(ask, "event_wanted", {"pacs": pacs, "hook": hook_name})
             if not ok or wanted is not False:
                 return True
-        return self._enabled_elsewhere()
-
-    def _enabled_elsewhere(self) -> bool:
-        """A plugin disabled here has been enabled in the database since: the console's
-        switch registers it in the web process only, where the dispatcher delivers
-        events, not in the DICOM listener processes that record them."""
-        from pacscore.models import PluginState
-
-        disabled = [name for name, info in self.infos.items() if not info.enabled]
-        if not disabled:
-            return False
-        still = PluginState.select().where(PluginState.name.in_(disabled) & ~PluginState.enabled)
-        return still.count() < len(disabled)
+        return False
 
     def settings_schema(self, plugin_name: str):
         plugin = self.pm.get_plugin(plugin_name)
@@ -226,8 +215,29 @@ class PluginHost:
             self.record_failure(plugin_name, "settings_schema", exc)
             return None
 
+    def follow(self, enabled: Mapping[str, bool]) -> list[str]:
+        """Register or unregister the installed plugins whose state differs from
+        ``enabled`` (name -> enabled; a plugin not named is enabled); return their names.
+
+        Each server process calls it with the database's ``PluginState`` (see
+        :meth:`pacscore.app.Pacs.follow_plugin_states`): the console's switch acts in
+        the web process, ``pacscore plugins enable`` in none.
+        """
+        changed = []
+        for name, info in list(self.infos.items()):
+            wanted = enabled.get(name, True)
+            if info.builtin or info.local or wanted == info.enabled:
+                continue
+            log.info(
+                "plugin %s %s since this process started", name, "enabled" if wanted else "disabled"
+            )
+            self.set_enabled(name, wanted)
+            changed.append(name)
+        return changed
+
     def set_enabled(self, name: str, enabled: bool) -> None:
-        """Register or unregister an installed plugin now (the console's switch).
+        """Register or unregister an installed plugin in this process now (the
+        console's switch; the other server processes :meth:`follow` within a second).
 
         Its hooks take effect at once; what is collected at start-up (pages,
         job workers, periodic tasks) changes at the next restart.  Persisting

@@ -100,6 +100,7 @@ def serve(pacs, log_level: str = "INFO") -> None:
 
     while not stop.wait(0.5):
         listeners.watch()
+        pacs.follow_plugin_states()
     log.info("stopping")
     with connection():
         pacs.hooks.call_each("on_shutdown", pacs=pacs)

@@ -31,7 +31,6 @@ from pacscore.models import (
     TrashedFile,
     connection,
 )
-from pacscore.plugins import PluginInfo
 from pacscore.storage import instance_relpath
 from tests.dicomgen import make_instance
 
@@ -188,19 +187,30 @@ def test_events_no_plugin_wants_are_not_recorded(make_pacs, tmp_path):
     assert choosy.asked[-1] == "on_delete"
 
 
-def test_a_plugin_enabled_in_another_process_gets_its_events(make_pacs, tmp_path):
-    """The console enables a plugin in the web process; the DICOM listener processes,
-    which record the events, still have it disabled and cannot ask it."""
+def test_a_plugin_switched_in_another_process_is_followed(make_pacs):
+    """The console's switch acts in the web process, ``pacscore plugins`` in none: each
+    server process follows the database, so a listener calls the hooks of a plugin
+    enabled since it started (and asks it which events it wants), and no more once
+    disabled.  Plugins registered as objects are not the database's to switch."""
     pacs = make_pacs(Choosy(wanted=False))
-    pacs.hooks.infos["late"] = PluginInfo("late", "1.0", enabled=False)  # as loaded here
+    pacs.hooks.load_entry_points(disabled={"email"})  # a bundled plugin, as installed
+
+    def alert_plugins() -> set[str]:
+        return {impl.plugin_name for impl in pacs.hooks.pm.hook.on_alert.get_hookimpls()}
+
+    assert "email" not in alert_plugins()
     with connection():
-        PluginState.create(name="late", enabled=False)
-    assert store(pacs, make_instance(tmp_path / "in", patient_id="EN1")).ok
-    assert outbox_rows() == 0
-    with connection():  # the switch, in another process
-        PluginState.update(enabled=True).where(PluginState.name == "late").execute()
-    assert store(pacs, make_instance(tmp_path / "in", patient_id="EN2")).ok
-    assert outbox_rows() == 1  # for the dispatcher, where the plugin is registered
+        PluginState.create(name="email", enabled=True)  # the switch, in another process
+        PluginState.create(name="choosy", enabled=False)  # not an installed plugin
+    pacs.follow_plugin_states()
+    assert "email" in alert_plugins()
+    assert pacs.hooks.pm.get_plugin("choosy") is not None
+
+    with connection():
+        PluginState.update(enabled=False).where(PluginState.name == "email").execute()
+    pacs.follow_plugin_states()
+    assert "email" not in alert_plugins()
+    assert not [p for p in pacs.hooks.list() if p.name == "email" and p.enabled]
 
 
 def test_an_event_one_plugin_wants_reaches_every_implementation(make_pacs, tmp_path):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,40 @@ def test_disabled_plugin_is_not_loaded_after_restart(pacs_home, installed, tmp_p
     pacs_home.cli("plugins", "enable", "hello", env=env)
     listing = pacs_home.cli("plugins", "list", env=env).stdout
     assert plugin_line(listing, "hello").split("\t")[2:] == ["enabled", "loaded"]
+
+
+def test_every_server_process_follows_a_plugin_switched_while_serving(
+    pacs_home, installed, tmp_path
+):
+    """``pacscore plugins enable`` / ``disable`` (or the console's switch, which acts in
+    the web process) while the server runs: the DICOM listener processes that receive
+    the instances record the plugin's events from then on, then no longer."""
+    env = env_with(pacs_home, installed, "hello")
+    log_file = tmp_path / "hello.log"
+    pacs_home.cli("plugins", "configure", "hello", "--set", f"log_file={log_file}", env=env)
+    pacs_home.cli("plugins", "disable", "hello", env=env)
+    pacs_home.start(extra_env={"PYTHONPATH": env["PYTHONPATH"]}, args=("--dicom-processes", "3"))
+
+    def store_on_several_associations(batch: str) -> list[str]:
+        files = [make_instance(tmp_path / batch, instance_number=i) for i in range(9)]
+        with ThreadPoolExecutor(9) as pool:  # spread over the listener processes
+            for result in pool.map(lambda f: pacs_home.storescu(f, extra=("-v",)), files):
+                assert_stored(result)
+        return [f.stem for f in files]
+
+    def logged() -> str:
+        return log_file.read_text() if log_file.exists() else ""
+
+    before = store_on_several_associations("before")
+    pacs_home.cli("plugins", "enable", "hello", env=env)
+    time.sleep(2)  # each process reads the plugins' states every half second
+    while_enabled = store_on_several_associations("enabled")
+    wait_for(lambda: all(uid in logged() for uid in while_enabled), what="every instance logged")
+    pacs_home.cli("plugins", "disable", "hello", env=env)
+    time.sleep(2)
+    after = store_on_several_associations("after")
+    time.sleep(2)  # the dispatcher delivers an event within a second of its store
+    assert not [uid for uid in before + after if uid in logged()]
 
 
 # -- isolation -------------------------------------------------------------------------------
