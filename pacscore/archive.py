@@ -157,7 +157,9 @@ class _Counter:
 class Archive:
     def __init__(self, pacs: Pacs) -> None:
         self.pacs = pacs
-        self.folders = StorageFolders(pacs.config.sync_directories)
+        self.folders = StorageFolders(
+            pacs.config.sync_directories, pacs.config.keep_stored_in_cache
+        )
         self._storing = _Counter()  # stores indexing their file now
 
     # -- storing -------------------------------------------------------------

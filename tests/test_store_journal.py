@@ -11,6 +11,8 @@ commits are durable.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import sqlite3
 import subprocess
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
+from pacscore.config import Config
 from pacscore.dicom import status
 from pacscore.models import (
     Instance,
@@ -308,6 +311,48 @@ def test_both_ways_of_creating_a_file_store_the_same_bytes(make_pacs, tmp_path, 
     assert int(entry.name.split(".")[3]) == final.stat().st_size
     assert read_dicom_file(final)[0] == read_dicom_file(source)[0]
     assert files_under(pacs.config.home / "storage") == sorted([entry, final])
+
+
+def cached_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages of ``path``): mincore(2) of a mapping."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, *[ctypes.c_int] * 3, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        vector = ctypes.create_string_buffer(pages)
+        try:
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(byte & 1 for byte in vector.raw), pages
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["dropped", "keep_stored_in_cache"])
+def test_a_large_stored_file_leaves_the_page_cache_once_durable(make_pacs, tmp_path, db_url, keep):
+    """By default: files written into ever new pages are slow in a virtual machine
+    (storage.SyncThreads).  ``keep_stored_in_cache = true`` keeps them; small files,
+    cheaper kept than dropped, stay either way."""
+    Config(home=tmp_path / "home", db_url=db_url, keep_stored_in_cache=keep).save()
+    pacs = make_pacs()
+    large = make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.1", rows=256, columns=512)
+    small = make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.2")
+    assert store(pacs, large).ok and store(pacs, small).ok
+
+    cached, pages = cached_pages(final_path(pacs, "1.2.3.77.14.1"))
+    assert pages > 32  # 256 KiB of pixels
+    assert cached == (pages if keep else 0)
+    cached, pages = cached_pages(final_path(pacs, "1.2.3.77.14.2"))
+    assert cached == pages
+    assert read_dicom_file(final_path(pacs, "1.2.3.77.14.1"))[0] == read_dicom_file(large)[0]
 
 
 def test_the_flush_thread_ends_once_the_journal_is_empty(make_pacs, tmp_path):
