@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -51,7 +50,9 @@ from run import (  # noqa: E402
     find_cell,
     find_queries,
     log,
+    remove_tree,
     settle_cpu,
+    settle_deletions,
     store,
 )
 
@@ -96,6 +97,7 @@ def timed_finds(server: FlatPacscore) -> dict[str, dict]:
 
 def timed_store(server: FlatPacscore, dirs: list[Path]) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of storing ``dirs``."""
+    settle_deletions()
     cpu_before = settle_cpu(server.pid)
     seconds = store(server, dirs)
     return seconds, settle_cpu(server.pid) - cpu_before
@@ -207,7 +209,7 @@ def measure(args, parts: dict[str, list[Path]], data: Path) -> dict:
     """One whole measure on a fresh home and database: the first window, the fill,
     the last window, the queries at both sizes."""
     home = args.out / "home"
-    shutil.rmtree(home, ignore_errors=True)
+    remove_tree(home)
     if args.db.startswith(("postgres://", "postgresql://")):
         recreate_postgres_database(args.db)
     server = FlatPacscore(home, args.db)

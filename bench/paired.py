@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -72,7 +71,7 @@ def one_cell(
     try:
         bench.store(server, [out / "data" / "warm"])
         time.sleep(2)  # every listener process is up
-        os.sync()
+        bench.settle_deletions()
         before = cpu_split(server.pid)
         elapsed = bench.store(server, dirs)
         stored = bench.wait_count(server, count + WARM)
@@ -106,7 +105,7 @@ def main() -> int:
 
     out = args.out.resolve()
     data = out / "data"
-    shutil.rmtree(data, ignore_errors=True)
+    bench.remove_tree(data)
     parts = gen.generate(data / "cell", "large" if args.kind == "large" else "small",
                          args.kind, args.count)  # fmt: skip
     gen.generate(data / "warm", f"warm-{args.kind}", args.kind, WARM, parts=1)
