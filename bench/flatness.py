@@ -50,6 +50,7 @@ from run import (  # noqa: E402
     find_cell,
     find_queries,
     log,
+    note_deletion,
     remove_tree,
     settle_cpu,
     settle_deletions,
@@ -103,11 +104,11 @@ def timed_store(server: FlatPacscore, dirs: list[Path]) -> tuple[float, float]:
     return seconds, settle_cpu(server.pid) - cpu_before
 
 
-def disk_rate(files_folder: Path, out: Path) -> float:
+def disk_rate(files_folder: Path, folder: Path) -> float:
     """The disk alone, as the bench measures it, at one end of a window: a slower
     machine at the end is not a less flat archive."""
     files = sorted(f for f in files_folder.rglob("*") if f.is_file())[:FLOOR_FILES]
-    rate = disk_alone(files, out / "disk-alone")
+    rate = disk_alone(files, folder)
     log(f"  disk alone: {rate:.1f} files/s")
     return round(rate, 1)
 
@@ -203,13 +204,18 @@ def recreate_postgres_database(url: str) -> None:
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # our own index reads
         cursor.execute(f'CREATE DATABASE "{name}"')
     admin.close()
+    note_deletion()  # the dropped database's files, on the same file system
 
 
-def measure(args, parts: dict[str, list[Path]], data: Path) -> dict:
+def remove_homes(out: Path) -> None:
+    for leftover in [*out.glob("home-*"), *out.glob("disk-alone-*")]:
+        remove_tree(leftover)
+
+
+def measure(args, parts: dict[str, list[Path]], data: Path, run: int) -> dict:
     """One whole measure on a fresh home and database: the first window, the fill,
     the last window, the queries at both sizes."""
-    home = args.out / "home"
-    remove_tree(home)
+    home = args.out / f"home-{run}"  # deleted at the end (see run.DELETIONS_SETTLE_SECONDS)
     if args.db.startswith(("postgres://", "postgresql://")):
         recreate_postgres_database(args.db)
     server = FlatPacscore(home, args.db)
@@ -217,7 +223,7 @@ def measure(args, parts: dict[str, list[Path]], data: Path) -> dict:
     server.start()
     result: dict = {"db": args.db or "sqlite", "total": args.total, "window": args.window}
     try:
-        result["disk_at_start"] = disk_rate(data / "a", args.out)
+        result["disk_at_start"] = disk_rate(data / "a", args.out / f"disk-alone-{run}-start")
         t_a, cpu_a = timed_store(server, parts["flat-a"])
         result["find_at_start"] = timed_finds(server)
         t_b, cpu_b = timed_store(server, parts["flat-b"])
@@ -235,7 +241,7 @@ def measure(args, parts: dict[str, list[Path]], data: Path) -> dict:
         log(f"last {args.window}: {result['last_rate']}/s, {result['last_cpu_ms']} ms CPU/inst, "
             f"{result['instances_at_end']} indexed")  # fmt: skip
         result["find_at_end"] = timed_finds(server)
-        result["disk_at_end"] = disk_rate(data / "last", args.out)
+        result["disk_at_end"] = disk_rate(data / "last", args.out / f"disk-alone-{run}-end")
     finally:
         server.stop()
     result["rate_ratio"] = round(result["last_rate"] / result["first_rate"], 2)
@@ -268,10 +274,12 @@ def main() -> int:
             gen.generate(folder, name, "small", count, first_year=first_year,
                          first_patient=first_patient)  # fmt: skip
     parts = {name: sorted(p for p in s[1].iterdir() if p.is_dir()) for name, s in sets.items()}
+    remove_homes(args.out)  # an earlier run's
     runs = []
     for number in range(1, args.runs + 1):
         log(f"measure {number} of {args.runs}")
-        runs.append(measure(args, parts, data))
+        runs.append(measure(args, parts, data, len(runs)))
+    remove_homes(args.out)
     summary = {
         key: statistics.median(run[key] for run in runs)
         for key in ("rate_ratio", *(f"{name} ratio" for name in QUERIES))

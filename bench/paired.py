@@ -106,6 +106,7 @@ def main() -> int:
     out = args.out.resolve()
     data = out / "data"
     bench.remove_tree(data)
+    bench.remove_tree(out / "homes")  # an earlier run's
     parts = gen.generate(data / "cell", "large" if args.kind == "large" else "small",
                          args.kind, args.count)  # fmt: skip
     gen.generate(data / "warm", f"warm-{args.kind}", args.kind, WARM, parts=1)
@@ -114,9 +115,11 @@ def main() -> int:
     print(f"{args.kind} instances, {args.associations} association(s), {args.count} per cell")
     for round_number in range(args.rounds):
         for version, source in versions:
-            one_cell("pacscore", version, source, dirs, args.count, out, f"r{round_number}")
+            tag = f"r{round_number}-{version.replace('/', '_')}"  # each home its own
+            one_cell("pacscore", version, source, dirs, args.count, out, tag)
         if not args.no_orthanc:
             one_cell("Orthanc", "Orthanc", None, dirs, args.count, out, f"r{round_number}")
+    bench.remove_tree(out / "homes")
     return 0
 
 

@@ -50,11 +50,13 @@ DEST_PORT = 11199
 WARM = {"small": 20, "large": 5}
 FLOOR_FILES = 500  # large files written by the disk-alone measure
 # This machine kind's ext4 has no journal: allocating an inode there skips each inode
-# deleted in the last 5 to 10 seconds, reading its table block.  Right after a server's
-# home was deleted, every file and folder the next server created paid for thousands
-# (perf: recently_deleted, find_get_block_common; 540 against 770 small instances/s on
-# 4 associations).  Timed measures wait until the deletions are older than that.
-DELETIONS_SETTLE_SECONDS = 12.0
+# deleted in the last 60 seconds (360 while its table block is dirty), reading its table
+# block.  Right after a server's home was deleted, every file and folder the next server
+# created paid for thousands (perf: recently_deleted, find_get_block_common; 540 against
+# 770 small instances/s on 4 associations).  So a run deletes nothing until its end
+# (servers are only stopped, retrieved files overwritten), and a timed measure waits
+# until what it deleted first (an earlier run's files) is older than that.
+DELETIONS_SETTLE_SECONDS = 65.0
 _last_deletion = 0.0
 
 # targets shown next to the ratios (pacscore / Orthanc, higher is better)
@@ -107,11 +109,16 @@ def server_pids(pid: int) -> list[int]:
     return [pid, *map(int, out.stdout.split())]
 
 
-def remove_tree(path: Path) -> None:
+def note_deletion() -> None:
+    """Files were deleted now (see DELETIONS_SETTLE_SECONDS)."""
     global _last_deletion
+    _last_deletion = time.monotonic()
+
+
+def remove_tree(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
-        _last_deletion = time.monotonic()
+        note_deletion()
 
 
 def settle_deletions() -> None:
@@ -217,8 +224,8 @@ class Server:
             self.logfile = None
 
     def destroy(self) -> None:
+        """Stop; the home stays until the end of the run (see DELETIONS_SETTLE_SECONDS)."""
         self.stop()
-        remove_tree(self.root)
 
 
 class Pacscore(Server):
@@ -571,10 +578,11 @@ def retrieve_cell(
     (getscu 3.6.7 segfaults after several query files in one invocation)."""
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=" + "\\".join(study_uids)]
     rates, cpus = [], []
+    recv.mkdir(parents=True, exist_ok=True)
     for _ in range(runs):
-        clear(recv)
         settle_deletions()
         c0 = cpu_seconds(server.pid)
+        started = time.time() - 1  # file times are coarser than the clock
         t0 = time.perf_counter()
         if op == "move":
             dcmtk(
@@ -608,12 +616,12 @@ def retrieve_cell(
             )
         elapsed = time.perf_counter() - t0
         cpu = settle_cpu(server.pid, quiet=0.3) - c0
-        got = sum(1 for _ in recv.iterdir())
+        # same names each run: the files are overwritten, never deleted
+        got = sum(1 for f in recv.iterdir() if f.stat().st_mtime >= started)
         if got != expected:
             raise RuntimeError(f"{server.name} C-{op.upper()}: received {got}, expected {expected}")
         rates.append(expected / elapsed)
         cpus.append(cpu / expected * 1000)
-    clear(recv)
     return statistics.median(rates), statistics.median(cpus)
 
 
