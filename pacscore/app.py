@@ -128,6 +128,7 @@ class Pacs:
         self.patients = Patients(self)
         # plugin name -> (stored settings text, validated settings)
         self._settings_cache: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        self._plugin_states_unread = False  # the last follow_plugin_states() failed
 
     # -- start-up ----------------------------------------------------------
 
@@ -161,8 +162,11 @@ class Pacs:
             with connection():
                 states = dict(PluginState.select(PluginState.name, PluginState.enabled).tuples())
         except DatabaseError as exc:
-            log.warning("cannot read the plugins' states: %s", exc)
+            if not self._plugin_states_unread:  # once per outage, not twice a second
+                log.warning("cannot read the plugins' states: %s", exc)
+            self._plugin_states_unread = True
             return
+        self._plugin_states_unread = False
         self.hooks.follow(states)
 
     # -- services for plugins ----------------------------------------------
