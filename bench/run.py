@@ -1119,6 +1119,11 @@ def render(
         "runs `sync`, then times the storescu process(es) from launch to exit: 1 association = one "
         "storescu with every file, 4 associations = four storescu in parallel on a quarter "
         "each. The stored count is checked afterwards (no duplicates are measured).",
+        "- Nothing is deleted during a run (homes go at its end, retrieved files are "
+        "overwritten), and a timed measure starts at least "
+        f"{DELETIONS_SETTLE_SECONDS:.0f} s after an earlier run's files were deleted: on ext4 "
+        "without a journal, each new inode otherwise costs a scan of the inodes deleted in the "
+        "last minute (see `DELETIONS_SETTLE_SECONDS`).",
         "- Server CPU = utime+stime of the server's processes (all threads; pacscore's "
         "extra DICOM listeners included) from "
         "/proc/PID/stat, read before the cell and after the server goes idle again "
