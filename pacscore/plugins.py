@@ -215,25 +215,21 @@ class PluginHost:
             self.record_failure(plugin_name, "settings_schema", exc)
             return None
 
-    def follow(self, enabled: Mapping[str, bool]) -> list[str]:
+    def follow(self, enabled: Mapping[str, bool]) -> None:
         """Register or unregister the installed plugins whose state differs from
-        ``enabled`` (name -> enabled; a plugin not named is enabled); return their names.
+        ``enabled`` (name -> enabled; a plugin not named is enabled).
 
         Each server process calls it with the database's ``PluginState`` (see
         :meth:`pacscore.app.Pacs.follow_plugin_states`): the console's switch acts in
         the web process, ``pacscore plugins enable`` in none.
         """
-        changed = []
         for name, info in list(self.infos.items()):
             wanted = enabled.get(name, True)
             if info.builtin or info.local or wanted == info.enabled:
                 continue
-            log.info(
-                "plugin %s %s since this process started", name, "enabled" if wanted else "disabled"
-            )
+            state = "enabled" if wanted else "disabled"
+            log.info("plugin %s %s since this process started", name, state)
             self.set_enabled(name, wanted)
-            changed.append(name)
-        return changed
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Register or unregister an installed plugin in this process now (the
