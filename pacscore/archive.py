@@ -197,22 +197,28 @@ class Archive:
             return StoreResult(status.OUT_OF_RESOURCES, "out of storage space")
 
         relpath = instance_relpath(header.sop_uid)
-        try:
-            pending = self.folders.begin_incoming(storage, relpath, (PREAMBLE, meta, data))
-        except OSError as exc:
-            return self._cannot_write(storage, relpath, exc)
-        try:
-            stored = self._index_when_durable(
-                pending, header, incoming, storage, relpath, overwrite
-            )
-        except OSError as exc:  # from the fsync: the database raises its own errors
-            pending.discard()
-            return self._cannot_write(storage, relpath, exc)
-        except Exception as exc:
-            pending.discard()
-            log.exception("indexing %s failed", header.sop_uid)
-            self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
-            return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
+        with self._storing:
+            # alone in its process, a store indexes while its file is fsynced (see
+            # _index_when_durable); otherwise the fsync comes first, in this thread
+            overlap = self._storing.count == 1
+            try:
+                pending = self.folders.begin_incoming(
+                    storage, relpath, (PREAMBLE, meta, data), background=overlap
+                )
+            except OSError as exc:
+                return self._cannot_write(storage, relpath, exc)
+            try:
+                stored = self._index_when_durable(
+                    pending, header, incoming, storage, relpath, overwrite, overlap
+                )
+            except OSError as exc:  # from the fsync: the database raises its own errors
+                pending.discard()
+                return self._cannot_write(storage, relpath, exc)
+            except Exception as exc:
+                pending.discard()
+                log.exception("indexing %s failed", header.sop_uid)
+                self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
+                return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
         if stored is None:
             pending.discard()
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
@@ -233,27 +239,26 @@ class Archive:
         storage,
         relpath: str,
         overwrite: bool,
+        overlap: bool,
     ):
         """Index a file being fsynced, committing once it is durable (the ``.ready``
         file is the journal that redoes the commit after a power loss).
 
-        Alone in its process, a store writes the rows while the file is fsynced;
-        with other stores running, the SQLite write lock held meanwhile would stall
-        them, so the fsync comes first.
+        With ``overlap`` (a store alone in its process) the rows are written while
+        the file is fsynced; with other stores running, the SQLite write lock held
+        meanwhile would stall them, so the fsync comes first.
         """
-        with self._storing:
-            alone = self._storing.count == 1
-            if not alone:
-                pending.wait()
-            return self._index(
-                header,
-                incoming,
-                storage,
-                relpath,
-                overwrite,
-                sync_commit=False,
-                before_commit=pending.wait if alone else None,
-            )
+        if not overlap:
+            pending.wait()
+        return self._index(
+            header,
+            incoming,
+            storage,
+            relpath,
+            overwrite,
+            sync_commit=False,
+            before_commit=pending.wait if overlap else None,
+        )
 
     def _cannot_write(self, storage, relpath: str, exc: OSError) -> StoreResult:
         self.pacs.alert("file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name)
