@@ -57,7 +57,8 @@ FLOOR_FILES = 500  # large files written by the disk-alone measure
 # (servers are only stopped, retrieved files overwritten), and a timed measure waits
 # until what it deleted first (an earlier run's files) is older than that.
 DELETIONS_SETTLE_SECONDS = 65.0
-_last_deletion = 0.0
+# when the latest deletion of any bench run ended (wall clock), for the next run
+DELETION_MARK = HERE / "out" / "last-deletion"
 
 # targets shown next to the ratios (pacscore / Orthanc, higher is better)
 TARGETS = {
@@ -110,9 +111,10 @@ def server_pids(pid: int) -> list[int]:
 
 
 def note_deletion() -> None:
-    """Files were deleted now (see DELETIONS_SETTLE_SECONDS)."""
-    global _last_deletion
-    _last_deletion = time.monotonic()
+    """Files were deleted now (see DELETIONS_SETTLE_SECONDS); recorded in a file, so
+    that a run started right after another's clean-up waits too."""
+    DELETION_MARK.parent.mkdir(parents=True, exist_ok=True)
+    DELETION_MARK.write_text(f"{time.time()}\n")
 
 
 def remove_tree(path: Path) -> None:
@@ -124,7 +126,11 @@ def remove_tree(path: Path) -> None:
 def settle_deletions() -> None:
     """Sync, then sleep until the latest :func:`remove_tree` costs the next creates nothing."""
     os.sync()
-    wait = _last_deletion + DELETIONS_SETTLE_SECONDS - time.monotonic()
+    try:
+        last = float(DELETION_MARK.read_text())
+    except (OSError, ValueError):
+        return
+    wait = last + DELETIONS_SETTLE_SECONDS - time.time()
     if wait > 0:
         time.sleep(wait)
 

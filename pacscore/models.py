@@ -547,15 +547,16 @@ def write_transaction(sync_commit: bool = True):
     queue = _sqlite_writers.queue(database.database, BUSY_TIMEOUT_SECONDS)
     with queue if outermost else nullcontext():
         # per connection, and only outside a transaction: back to FULL for the next user
-        relaxed = not sync_commit and outermost
-        if relaxed:
-            database.execute_sql("PRAGMA synchronous = NORMAL")
+        # (on the sqlite3 connection itself: through peewee, a C-STORE's 2% of CPU)
+        relaxed = database.connection() if not sync_commit and outermost else None
+        if relaxed is not None:
+            relaxed.execute("PRAGMA synchronous = NORMAL")
         try:
             with database.atomic("IMMEDIATE"):
                 yield
         finally:
-            if relaxed:
-                database.execute_sql("PRAGMA synchronous = FULL")
+            if relaxed is not None:
+                relaxed.execute("PRAGMA synchronous = FULL")
 
 
 class _SqliteWriterQueue:
