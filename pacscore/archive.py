@@ -34,6 +34,7 @@ from pacscore.models import (
     TrashedFile,
     utcnow,
     write_transaction,
+    writers_queued_within,
 )
 from pacscore.storage import PendingWrite, StorageFolders, StorageFull, instance_relpath
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"
 IMPLEMENTATION_VERSION = "PACSCORE_01"
 PREAMBLE = b"\x00" * 128 + b"DICM"
+# a store that queued for the index this recently has company: it does not hold the
+# write lock through its fsync (see Archive.store)
+QUEUED_SECONDS = 1.0
 
 
 @dataclass
@@ -198,9 +202,9 @@ class Archive:
 
         relpath = instance_relpath(header.sop_uid)
         with self._storing:
-            # alone in its process, a store indexes while its file is fsynced (see
-            # _index_when_durable); otherwise the fsync comes first, in this thread
-            overlap = self._storing.count == 1
+            # alone, a store indexes while its file is fsynced (see _index_when_durable);
+            # otherwise the fsync comes first, in this thread
+            overlap = self._storing.count == 1 and not writers_queued_within(QUEUED_SECONDS)
             try:
                 pending = self.folders.begin_incoming(
                     storage, relpath, (PREAMBLE, meta, data), background=overlap

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -576,18 +577,25 @@ class _SqliteWriterQueue:
     def __init__(self) -> None:
         self._thread_lock = threading.Lock()
         self._files: dict[str, tuple[int, int]] = {}  # database path -> (pid, fd)
+        self.waited_at = float("-inf")  # when a writer of this process last queued
 
     @contextmanager
     def queue(self, path: str, timeout: float):
-        if not self._thread_lock.acquire(timeout=timeout):
-            raise OperationalError("database is locked")  # SQLite's words for it
+        if not self._thread_lock.acquire(blocking=False):
+            self.waited_at = time.monotonic()
+            if not self._thread_lock.acquire(timeout=timeout):
+                raise OperationalError("database is locked")  # SQLite's words for it
         try:
             fd = self._lock_file(path)
             if fd is None:  # an in-memory database, or no lock file possible: SQLite waits
                 yield
                 return
-            # its holder is inside a transaction, which SQLite's timeout bounds
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.waited_at = time.monotonic()
+                # its holder is inside a transaction, which SQLite's timeout bounds
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -611,6 +619,12 @@ class _SqliteWriterQueue:
 
 
 _sqlite_writers = _SqliteWriterQueue()
+
+
+def writers_queued_within(seconds: float) -> bool:
+    """Whether a SQLite write transaction of this process had to wait for another
+    writer in the last ``seconds`` (never on PostgreSQL, whose writers do not queue)."""
+    return time.monotonic() - _sqlite_writers.waited_at < seconds
 
 
 def make_commits_durable() -> None:

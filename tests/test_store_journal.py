@@ -16,6 +16,7 @@ import mmap
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pacscore.models import (
     TrashedFile,
     connection,
     is_sqlite,
+    write_transaction,
 )
 from pacscore.storage import INCOMING, instance_relpath
 from tests.dicomgen import make_instance
@@ -419,13 +421,35 @@ def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_pa
     assert store(pacs, second).ok and indexed("1.2.3.77.16.2")
 
 
-@pytest.mark.parametrize("others_storing", [0, 1], ids=["alone", "with-another-store"])
+def queue_behind_another_writer() -> None:
+    """A write transaction that waits for one of another thread (as for another process's)."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with connection(), write_transaction():
+            entered.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(10)
+    threading.Timer(0.2, leave.set).start()
+    with connection(), write_transaction():
+        pass
+    holder.join()
+
+
+@pytest.mark.parametrize(
+    "company",
+    ["alone", "with-another-store", "after-queueing"],
+)
 def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
-    make_pacs, tmp_path, monkeypatch, others_storing
+    make_pacs, tmp_path, monkeypatch, company
 ):
-    """Alone in its process, a store writes its rows while its file is fsynced, holding
-    SQLite's write lock; with other stores running, that lock would stall them, so the
-    fsync comes first and the lock stays free meanwhile."""
+    """Alone, a store writes its rows while its file is fsynced, holding SQLite's write
+    lock; with other stores running in its process, or when its writers had to queue
+    for the database lately (stores in other processes), that lock would stall them,
+    so the fsync comes first and the lock stays free meanwhile."""
     pacs = make_pacs()
     if not is_sqlite():
         pytest.skip("SQLite's database-wide write lock")
@@ -448,9 +472,11 @@ def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
 
     store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.17.0"))  # folders made
     monkeypatch.setattr("pacscore.storage.os.fsync", observing_fsync)
-    for _ in range(others_storing):
+    if company == "with-another-store":
         pacs.archive._storing.__enter__()
+    elif company == "after-queueing":
+        queue_behind_another_writer()
     assert store(pacs, source).ok
 
-    assert lock_free_during_fsync == [bool(others_storing)]
+    assert lock_free_during_fsync == [company != "alone"]
     assert indexed("1.2.3.77.17.1")
