@@ -54,6 +54,8 @@ MB = 1024 * 1024
 FLUSH_SECONDS = 1.0
 # fsyncs in flight at once per process (one per association storing)
 SYNC_THREADS = 8
+# a sync thread without work this long ends (an idle archive holds no thread)
+SYNC_THREAD_IDLE_SECONDS = 2.0
 # the smallest file dropped from the page cache once durable (see SyncThreads)
 DROP_FROM_CACHE_BYTES = 128 * 1024
 
@@ -147,7 +149,7 @@ class SyncThreads:
     """Threads that fsync files handed over by writers: a queue and a lock per file,
     lighter than a ThreadPoolExecutor (whose submit() cost a 9 KB C-STORE about 4%
     of its CPU).  One thread per writer waiting at most: started as needed, up to
-    ``SYNC_THREADS``."""
+    ``SYNC_THREADS``, ended after ``SYNC_THREAD_IDLE_SECONDS`` without work."""
 
     def __init__(self, sync_directories: bool, keep_in_cache: bool) -> None:
         """``keep_in_cache=False`` drops each file of ``DROP_FROM_CACHE_BYTES`` or more
@@ -175,11 +177,20 @@ class SyncThreads:
                 self._threads += 1
                 self._idle += 1
                 threading.Thread(target=self._run, name="pacscore-fsync", daemon=True).start()
-        self._queue.put((fd, incoming_dir, pending, size))
+            # queued under the lock: an idle thread that ends sees it, or was not counted
+            self._queue.put((fd, incoming_dir, pending, size))
 
     def _run(self) -> None:
         while True:
-            fd, incoming_dir, pending, size = self._queue.get()
+            try:
+                fd, incoming_dir, pending, size = self._queue.get(timeout=SYNC_THREAD_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._threads -= 1
+                        self._idle -= 1
+                        return
+                continue
             with self._lock:
                 self._idle -= 1
             try:

@@ -357,18 +357,26 @@ def test_a_large_stored_file_leaves_the_page_cache_once_durable(make_pacs, tmp_p
     assert read_dicom_file(final_path(pacs, "1.2.3.77.14.1"))[0] == read_dicom_file(large)[0]
 
 
-def test_the_flush_thread_ends_once_the_journal_is_empty(make_pacs, tmp_path):
-    """An idle archive holds no thread (an embedding application, a test process)."""
+def storage_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in ("pacscore-flush", "pacscore-fsync")]
+
+
+def test_the_flush_and_fsync_threads_end_once_idle(make_pacs, tmp_path):
+    """An idle archive holds no thread (an embedding application, a test process that
+    forks)."""
     pacs = make_pacs()
     assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.1")).ok
     flusher = pacs.archive.folders._flusher
     assert flusher is not None and flusher.is_alive()
+    assert {t.name for t in storage_threads()} == {"pacscore-flush", "pacscore-fsync"}
 
-    flusher.join(timeout=10)
+    for thread in storage_threads():
+        thread.join(timeout=10)
 
-    assert not flusher.is_alive()
-    assert list(incoming(pacs).iterdir()) == []  # it flushed before ending
+    assert storage_threads() == []
+    assert list(incoming(pacs).iterdir()) == []  # the flush thread flushed before ending
     assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.2")).ok
+    assert indexed("1.2.3.77.14.2")
     assert pacs.archive.folders._flusher.is_alive()  # the next store starts another
 
 
