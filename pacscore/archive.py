@@ -248,9 +248,9 @@ class Archive:
         """Index a file being fsynced, committing once it is durable (the ``.ready``
         file is the journal that redoes the commit after a power loss).
 
-        With ``overlap`` (a store alone in its process) the rows are written while
-        the file is fsynced; with other stores running, the SQLite write lock held
-        meanwhile would stall them, so the fsync comes first.
+        With ``overlap`` (a store alone, see :meth:`store`) the rows are written
+        while the file is fsynced; with other stores running, the SQLite write lock
+        held meanwhile would stall them, so the fsync comes first.
         """
         if not overlap:
             pending.wait()

@@ -576,8 +576,14 @@ class _SqliteWriterQueue:
 
     def __init__(self) -> None:
         self._thread_lock = threading.Lock()
-        self._files: dict[str, tuple[int, int]] = {}  # database path -> (pid, fd)
+        self._files: dict[str, int] = {}  # database path -> its lock file, open
         self.waited_at = float("-inf")  # when a writer of this process last queued
+        # a fork copies the lock as another thread may hold it: the child starts afresh
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._thread_lock = threading.Lock()
+        self._files = {}
 
     @contextmanager
     def queue(self, path: str, timeout: float):
@@ -604,17 +610,17 @@ class _SqliteWriterQueue:
             self._thread_lock.release()
 
     def _lock_file(self, path: str) -> int | None:
-        pid, fd = self._files.get(path, (0, -1))
-        if pid == os.getpid():
+        fd = self._files.get(path)
+        if fd is not None:
             return fd
         if path in ("", ":memory:") or path.startswith("file:"):
             return None
-        # a forked child gets its own open file: flock does not exclude a shared one
+        # opened per process (see _forget): flock does not exclude holders of one open file
         try:
             fd = os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
             return None
-        self._files[path] = (os.getpid(), fd)
+        self._files[path] = fd
         return fd
 
 
