@@ -32,9 +32,9 @@ from pacscore.models import (
     Series,
     Study,
     TrashedFile,
+    stores_queued_within,
     utcnow,
     write_transaction,
-    writers_queued_within,
 )
 from pacscore.storage import PendingWrite, StorageFolders, StorageFull, instance_relpath
 
@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"
 IMPLEMENTATION_VERSION = "PACSCORE_01"
 PREAMBLE = b"\x00" * 128 + b"DICM"
-# a store that queued for the index this recently has company: it does not hold the
-# write lock through its fsync (see Archive.store)
+# a store that queued this recently behind a store of another process has company: it
+# does not hold the write lock through its fsync (see Archive.store)
 QUEUED_SECONDS = 1.0
 
 
@@ -204,7 +204,7 @@ class Archive:
         with self._storing:
             # alone, a store indexes while its file is fsynced (see _index_when_durable);
             # otherwise the fsync comes first, in this thread
-            overlap = self._storing.count == 1 and not writers_queued_within(QUEUED_SECONDS)
+            overlap = self._storing.count == 1 and not stores_queued_within(QUEUED_SECONDS)
             try:
                 pending = self.folders.begin_incoming(
                     storage, relpath, (PREAMBLE, meta, data), background=overlap

@@ -545,7 +545,8 @@ def write_transaction(sync_commit: bool = True):
             yield
         return
     outermost = not database.in_transaction()
-    queue = _sqlite_writers.queue(database.database, BUSY_TIMEOUT_SECONDS)
+    # only the C-STORE path commits without waiting for the disk: that tells a store
+    queue = _sqlite_writers.queue(database.database, BUSY_TIMEOUT_SECONDS, store=not sync_commit)
     with queue if outermost else nullcontext():
         # per connection, and only outside a transaction: back to FULL for the next user
         # (on the sqlite3 connection itself: through peewee, a C-STORE's 2% of CPU)
@@ -558,6 +559,10 @@ def write_transaction(sync_commit: bool = True):
         finally:
             if relaxed is not None:
                 relaxed.execute("PRAGMA synchronous = FULL")
+
+
+# the first byte of the lock file: what kind of writer holds the lock
+STORE_HOLDS, OTHER_HOLDS = b"S", b"O"
 
 
 class _SqliteWriterQueue:
@@ -577,7 +582,8 @@ class _SqliteWriterQueue:
     def __init__(self) -> None:
         self._thread_lock = threading.Lock()
         self._files: dict[str, int] = {}  # database path -> its lock file, open
-        self.waited_at = float("-inf")  # when a writer of this process last queued
+        # when a store of this process last queued behind a store of another process
+        self.store_waited_at = float("-inf")
         # a fork copies the lock as another thread may hold it: the child starts afresh
         os.register_at_fork(after_in_child=self._forget)
 
@@ -586,11 +592,9 @@ class _SqliteWriterQueue:
         self._files = {}
 
     @contextmanager
-    def queue(self, path: str, timeout: float):
-        if not self._thread_lock.acquire(blocking=False):
-            self.waited_at = time.monotonic()
-            if not self._thread_lock.acquire(timeout=timeout):
-                raise OperationalError("database is locked")  # SQLite's words for it
+    def queue(self, path: str, timeout: float, store: bool = False):
+        if not self._thread_lock.acquire(timeout=timeout):
+            raise OperationalError("database is locked")  # SQLite's words for it
         try:
             fd = self._lock_file(path)
             if fd is None:  # an in-memory database, or no lock file possible: SQLite waits
@@ -599,9 +603,12 @@ class _SqliteWriterQueue:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                self.waited_at = time.monotonic()
+                # the holder wrote whether it is a store (below)
+                if store and os.pread(fd, 1, 0) == STORE_HOLDS:
+                    self.store_waited_at = time.monotonic()
                 # its holder is inside a transaction, which SQLite's timeout bounds
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            os.pwrite(fd, STORE_HOLDS if store else OTHER_HOLDS, 0)
             try:
                 yield
             finally:
@@ -627,10 +634,11 @@ class _SqliteWriterQueue:
 _sqlite_writers = _SqliteWriterQueue()
 
 
-def writers_queued_within(seconds: float) -> bool:
-    """Whether a SQLite write transaction of this process had to wait for another
-    writer in the last ``seconds`` (never on PostgreSQL, whose writers do not queue)."""
-    return time.monotonic() - _sqlite_writers.waited_at < seconds
+def stores_queued_within(seconds: float) -> bool:
+    """Whether a C-STORE of this process had to wait for the SQLite write lock held by
+    a C-STORE of another process in the last ``seconds`` (never on PostgreSQL, whose
+    writers do not queue)."""
+    return time.monotonic() - _sqlite_writers.store_waited_at < seconds
 
 
 def make_commits_durable() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -30,6 +31,7 @@ from pacscore.models import (
     OutboxEvent,
     Storage,
     TrashedFile,
+    bind_database,
     connection,
     is_sqlite,
     write_transaction,
@@ -429,35 +431,49 @@ def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_pa
     assert store(pacs, second).ok and indexed("1.2.3.77.16.2")
 
 
-def queue_behind_another_writer() -> None:
-    """A write transaction that waits for one of another thread (as for another process's)."""
-    entered, leave = threading.Event(), threading.Event()
+def hold_a_transaction(url: str, home: str, store: bool, entered, leave) -> None:
+    """Another process: a write transaction, a store's or not, held until told."""
+    bind_database(url, Path(home))
+    with connection(), write_transaction(sync_commit=not store):
+        entered.set()
+        leave.wait(30)
 
-    def hold() -> None:
-        with connection(), write_transaction():
-            entered.set()
-            leave.wait(10)
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    entered.wait(10)
-    threading.Timer(0.2, leave.set).start()
-    with connection(), write_transaction():
-        pass
-    holder.join()
+def queue_behind_another_process(pacs, store: bool) -> None:
+    """A store's write transaction that waits for one of another process."""
+    context = multiprocessing.get_context("spawn")
+    entered, leave = context.Event(), context.Event()
+    child = context.Process(
+        target=hold_a_transaction,
+        args=(pacs.config.db_url, str(pacs.config.home), store, entered, leave),
+    )
+    child.start()
+    try:
+        assert entered.wait(30)
+        threading.Timer(0.3, leave.set).start()
+        with connection(), write_transaction(sync_commit=False):
+            pass
+    finally:
+        leave.set()
+        child.join(30)
 
 
 @pytest.mark.parametrize(
     "company",
-    ["alone", "with-another-store", "after-queueing"],
+    [
+        "alone",
+        "with-another-store",
+        "after-queueing-behind-a-store",
+        "after-queueing-behind-another-writer",
+    ],
 )
 def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
     make_pacs, tmp_path, monkeypatch, company
 ):
     """Alone, a store writes its rows while its file is fsynced, holding SQLite's write
-    lock; with other stores running in its process, or when its writers had to queue
-    for the database lately (stores in other processes), that lock would stall them,
-    so the fsync comes first and the lock stays free meanwhile."""
+    lock; with other stores running in its process, or when its stores lately queued
+    behind one of another process, that lock would stall them, so the fsync comes
+    first and the lock stays free meanwhile.  Other writers (the outbox, jobs) wait."""
     pacs = make_pacs()
     if not is_sqlite():
         pytest.skip("SQLite's database-wide write lock")
@@ -466,6 +482,8 @@ def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
     lock_free_during_fsync = []
 
     def observing_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            return real_fsync(fd)  # the journal flush's, not the stored file's
         time.sleep(0.3)  # a store writing its rows meanwhile has taken the lock by now
         other = sqlite3.connect(pacs.database.database, timeout=0)
         try:
@@ -482,9 +500,10 @@ def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
     monkeypatch.setattr("pacscore.storage.os.fsync", observing_fsync)
     if company == "with-another-store":
         pacs.archive._storing.__enter__()
-    elif company == "after-queueing":
-        queue_behind_another_writer()
+    elif company.startswith("after-queueing"):
+        queue_behind_another_process(pacs, store=company.endswith("a-store"))
     assert store(pacs, source).ok
 
-    assert lock_free_during_fsync == [company != "alone"]
+    alone = company in ("alone", "after-queueing-behind-another-writer")
+    assert lock_free_during_fsync == [not alone]
     assert indexed("1.2.3.77.17.1")
