@@ -49,6 +49,8 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 # a store that queued this recently behind a store of another process has company: it
 # does not hold the write lock through its fsync (see Archive.store)
 QUEUED_SECONDS = 1.0
+# smaller files fsync faster than handing the fsync to another thread pays back
+OVERLAP_MIN_BYTES = 64 * 1024
 
 
 @dataclass
@@ -204,7 +206,11 @@ class Archive:
         with self._storing:
             # alone, a store indexes while its file is fsynced (see _index_when_durable);
             # otherwise the fsync comes first, in this thread
-            overlap = self._storing.count == 1 and not stores_queued_within(QUEUED_SECONDS)
+            overlap = (
+                size >= OVERLAP_MIN_BYTES
+                and self._storing.count == 1
+                and not stores_queued_within(QUEUED_SECONDS)
+            )
             try:
                 pending = self.folders.begin_incoming(
                     storage, relpath, (PREAMBLE, meta, data), background=overlap

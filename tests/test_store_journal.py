@@ -359,6 +359,10 @@ def test_a_large_stored_file_leaves_the_page_cache_once_durable(make_pacs, tmp_p
     assert read_dicom_file(final_path(pacs, "1.2.3.77.14.1"))[0] == read_dicom_file(large)[0]
 
 
+# pixels enough for a file a store alone indexes while it is fsynced (OVERLAP_MIN_BYTES)
+OVERLAPPED = {"rows": 128, "columns": 512}
+
+
 def storage_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in ("pacscore-flush", "pacscore-fsync")]
 
@@ -367,7 +371,7 @@ def test_the_flush_and_fsync_threads_end_once_idle(make_pacs, tmp_path):
     """An idle archive holds no thread (an embedding application, a test process that
     forks)."""
     pacs = make_pacs()
-    assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.1")).ok
+    assert store(pacs, make_instance(tmp_path / "in", sop_uid="1.2.3.77.14.1", **OVERLAPPED)).ok
     flusher = pacs.archive.folders._flusher
     assert flusher is not None and flusher.is_alive()
     assert {t.name for t in storage_threads()} == {"pacscore-flush", "pacscore-fsync"}
@@ -387,7 +391,7 @@ def test_the_index_commit_waits_until_the_file_is_durable(make_pacs, tmp_path, m
     sees them before that fsync has returned: a power loss cannot leave a row
     without its file."""
     pacs = make_pacs()
-    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.15.1")
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.15.1", **OVERLAPPED)
     seen_during_fsync = []
     real_fsync = os.fsync
 
@@ -408,7 +412,7 @@ def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_pa
     are rolled back, no file stays, and the next instance is stored."""
     recorder = Recorder()
     pacs = make_pacs(recorder)
-    first = make_instance(tmp_path / "in", sop_uid="1.2.3.77.16.1")
+    first = make_instance(tmp_path / "in", sop_uid="1.2.3.77.16.1", **OVERLAPPED)
     second = make_instance(tmp_path / "in", sop_uid="1.2.3.77.16.2")
     real_fsync = os.fsync
 
@@ -462,6 +466,7 @@ def queue_behind_another_process(pacs, store: bool) -> None:
     "company",
     [
         "alone",
+        "alone-with-a-small-file",
         "with-another-store",
         "after-queueing-behind-a-store",
         "after-queueing-behind-another-writer",
@@ -470,14 +475,16 @@ def queue_behind_another_process(pacs, store: bool) -> None:
 def test_only_a_store_alone_holds_the_write_lock_during_its_fsync(
     make_pacs, tmp_path, monkeypatch, company
 ):
-    """Alone, a store writes its rows while its file is fsynced, holding SQLite's write
-    lock; with other stores running in its process, or when its stores lately queued
-    behind one of another process, that lock would stall them, so the fsync comes
-    first and the lock stays free meanwhile.  Other writers (the outbox, jobs) wait."""
+    """Alone, a store of a large file writes its rows while its file is fsynced, holding
+    SQLite's write lock; with other stores running in its process, or when its stores
+    lately queued behind one of another process, that lock would stall them, so the
+    fsync comes first and the lock stays free meanwhile.  Other writers (the outbox,
+    jobs) wait.  A small file is fsynced first too: faster than the hand-over."""
     pacs = make_pacs()
     if not is_sqlite():
         pytest.skip("SQLite's database-wide write lock")
-    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.17.1")
+    size = {} if company == "alone-with-a-small-file" else OVERLAPPED
+    source = make_instance(tmp_path / "in", sop_uid="1.2.3.77.17.1", **size)
     real_fsync = os.fsync
     lock_free_during_fsync = []
 
