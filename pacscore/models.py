@@ -10,7 +10,7 @@ import fcntl
 import os
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -608,8 +608,9 @@ class _SqliteWriterQueue:
                     self.store_waited_at = time.monotonic()
                 # its holder is inside a transaction, which SQLite's timeout bounds
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.pwrite(fd, STORE_HOLDS if store else OTHER_HOLDS, 0)
             try:
+                with suppress(OSError):  # only a hint (a full disk refuses even one byte)
+                    os.pwrite(fd, STORE_HOLDS if store else OTHER_HOLDS, 0)
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
