@@ -561,8 +561,10 @@ def write_transaction(sync_commit: bool = True):
                 relaxed.execute("PRAGMA synchronous = FULL")
 
 
-# the first byte of the lock file: what kind of writer holds the lock
-STORE_HOLDS, OTHER_HOLDS = b"S", b"O"
+# the first byte of the lock file while a writer other than a C-STORE holds the lock
+# (any other byte: a C-STORE holds it); set and cleared by those writers only, so
+# that the C-STORE path pays no write for it
+OTHER_HOLDS, NO_OTHER = b"O", b"-"
 
 
 class _SqliteWriterQueue:
@@ -603,16 +605,17 @@ class _SqliteWriterQueue:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                # the holder wrote whether it is a store (below)
-                if store and os.pread(fd, 1, 0) == STORE_HOLDS:
+                if store and os.pread(fd, 1, 0) != OTHER_HOLDS:
                     self.store_waited_at = time.monotonic()
                 # its holder is inside a transaction, which SQLite's timeout bounds
                 fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                with suppress(OSError):  # only a hint (a full disk refuses even one byte)
-                    os.pwrite(fd, STORE_HOLDS if store else OTHER_HOLDS, 0)
+                if not store:
+                    _hint(fd, OTHER_HOLDS)
                 yield
             finally:
+                if not store:
+                    _hint(fd, NO_OTHER)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
@@ -630,6 +633,11 @@ class _SqliteWriterQueue:
             return None
         self._files[path] = fd
         return fd
+
+
+def _hint(fd: int, byte: bytes) -> None:
+    with suppress(OSError):  # only a hint (a full disk refuses even one byte)
+        os.pwrite(fd, byte, 0)
 
 
 _sqlite_writers = _SqliteWriterQueue()
