@@ -47,7 +47,7 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"
 IMPLEMENTATION_VERSION = "PACSCORE_01"
 PREAMBLE = b"\x00" * 128 + b"DICM"
 # a store that queued this recently behind a store of another process has company: it
-# does not hold the write lock through its fsync (see Archive.store)
+# does not hold the write lock through its fsync (see Archive._write_and_index)
 QUEUED_SECONDS = 1.0
 # smaller files fsync faster than handing the fsync to another thread pays back
 OVERLAP_MIN_BYTES = 64 * 1024
@@ -203,32 +203,16 @@ class Archive:
             return StoreResult(status.OUT_OF_RESOURCES, "out of storage space")
 
         relpath = instance_relpath(header.sop_uid)
-        with self._storing:
-            # alone, a store indexes while its file is fsynced (see _index_when_durable);
-            # otherwise the fsync comes first, in this thread
-            overlap = (
-                size >= OVERLAP_MIN_BYTES
-                and self._storing.count == 1
-                and not stores_queued_within(QUEUED_SECONDS)
+        try:
+            pending, stored = self._write_and_index(
+                storage, relpath, (PREAMBLE, meta, data), header, incoming, overwrite
             )
-            try:
-                pending = self.folders.begin_incoming(
-                    storage, relpath, (PREAMBLE, meta, data), background=overlap
-                )
-            except OSError as exc:
-                return self._cannot_write(storage, relpath, exc)
-            try:
-                stored = self._index_when_durable(
-                    pending, header, incoming, storage, relpath, overwrite, overlap
-                )
-            except OSError as exc:  # from the fsync: the database raises its own errors
-                pending.discard()
-                return self._cannot_write(storage, relpath, exc)
-            except Exception as exc:
-                pending.discard()
-                log.exception("indexing %s failed", header.sop_uid)
-                self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
-                return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
+        except OSError as exc:  # writing or fsyncing the file: the database raises its own
+            return self._cannot_write(storage, relpath, exc)
+        except Exception as exc:
+            log.exception("indexing %s failed", header.sop_uid)
+            self.pacs.alert("file_save_error", f"cannot index {header.sop_uid}: {exc}")
+            return StoreResult(status.OUT_OF_RESOURCES, "cannot index the instance")
         if stored is None:
             pending.discard()
             return StoreResult(status.SUCCESS, "duplicate: kept the stored instance", True)
@@ -241,34 +225,49 @@ class Archive:
         self.pacs.outbox.wake()
         return StoreResult(status.SUCCESS, instance=stored)
 
-    def _index_when_durable(
+    def _write_and_index(
         self,
-        pending: PendingWrite,
-        header: Header,
-        incoming: IncomingInstance,
         storage,
         relpath: str,
+        chunks: tuple[bytes, ...],
+        header: Header,
+        incoming: IncomingInstance,
         overwrite: bool,
-        overlap: bool,
-    ):
-        """Index a file being fsynced, committing once it is durable (the ``.ready``
-        file is the journal that redoes the commit after a power loss).
+    ) -> tuple[PendingWrite, Any]:
+        """Write the file, then index it, committing once it is durable (the ``.ready``
+        file is the journal that redoes the commit after a power loss); return the
+        write and the stored instance (None: a duplicate kept).  On an error the file
+        is deleted and the error raised.
 
-        With ``overlap`` (a store alone, see :meth:`store`) the rows are written
-        while the file is fsynced; with other stores running, the SQLite write lock
-        held meanwhile would stall them, so the fsync comes first.
+        A store alone, of a file of ``OVERLAP_MIN_BYTES`` or more, writes its rows
+        while a sync thread fsyncs the file, holding SQLite's write lock meanwhile.
+        Any other store fsyncs first, in its own thread: that lock would stall the
+        stores of its process, or of another process it lately queued behind, and a
+        small file's fsync is over before the hand-over pays back.
         """
-        if not overlap:
-            pending.wait()
-        return self._index(
-            header,
-            incoming,
-            storage,
-            relpath,
-            overwrite,
-            sync_commit=False,
-            before_commit=pending.wait if overlap else None,
-        )
+        with self._storing:
+            overlap = (
+                incoming.size >= OVERLAP_MIN_BYTES
+                and self._storing.count == 1
+                and not stores_queued_within(QUEUED_SECONDS)
+            )
+            pending = self.folders.begin_incoming(storage, relpath, chunks, background=overlap)
+            try:
+                if not overlap:
+                    pending.wait()
+                stored = self._index(
+                    header,
+                    incoming,
+                    storage,
+                    relpath,
+                    overwrite,
+                    sync_commit=False,
+                    before_commit=pending.wait if overlap else None,
+                )
+            except BaseException:
+                pending.discard()
+                raise
+        return pending, stored
 
     def _cannot_write(self, storage, relpath: str, exc: OSError) -> StoreResult:
         self.pacs.alert("file_save_error", f"cannot write {relpath}: {exc}", storage=storage.name)

@@ -109,6 +109,11 @@ def _link_unnamed(fd: int, path: str | Path) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
 
+def _unlink_if_present(path: str | Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
     """Write every chunk, in one writev(2) unless the kernel takes less."""
     views = [memoryview(chunk) for chunk in chunks if len(chunk)]
@@ -141,8 +146,7 @@ class PendingWrite:
 
     def discard(self) -> None:
         """Delete the file, durable or not (an fsync still running finishes harmlessly)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ready)
+        _unlink_if_present(self.ready)
 
 
 class SyncThreads:
@@ -307,8 +311,7 @@ class StorageFolders:
             os.close(fd)
             for leftover in (part, ready):
                 if leftover is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(leftover)
+                    _unlink_if_present(leftover)
             raise
         if background:
             self._sync_threads.submit(fd, incoming_dir, pending, size)
@@ -348,8 +351,7 @@ class StorageFolders:
         if not journal:
             os.replace(ready, final)
             # rename(2) leaves both names when they already are links of one file
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ready)
+            _unlink_if_present(ready)
             return
         try:
             os.link(ready, final)
@@ -377,8 +379,7 @@ class StorageFolders:
         with connection():
             make_commits_durable()
         for _, ready in batch:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ready)
+            _unlink_if_present(ready)
         return len(batch)
 
     def drop_journal_entries(self, storage: Storage, relpaths: list[str]) -> int:
