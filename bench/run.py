@@ -50,13 +50,16 @@ DEST_PORT = 11199
 WARM = {"small": 20, "large": 5}
 FLOOR_FILES = 500  # large files written by the disk-alone measure
 # This machine kind's ext4 has no journal: allocating an inode there skips each inode
-# deleted in the last 60 seconds (360 while its table block is dirty), reading its table
-# block.  Right after a server's home was deleted, every file and folder the next server
-# created paid for thousands (perf: recently_deleted, find_get_block_common; 540 against
-# 770 small instances/s on 4 associations).  So a run deletes nothing until its end
-# (servers are only stopped, retrieved files overwritten), and a timed measure waits
-# until what it deleted first (an earlier run's files) is older than that.
-DELETIONS_SETTLE_SECONDS = 65.0
+# deleted in the last 60 seconds, or 360 while its table block is dirty, reading its
+# table block.  Right after a server's home was deleted, every file and folder the next
+# server created paid for thousands (perf: recently_deleted, find_get_block_common; 540
+# against 770 small instances/s on 4 associations).  A `sync` does not shorten the wait:
+# the next server's own new inodes dirty those table blocks again (a wait of 65 s still
+# left ext4's inode allocation 12% of all CPU samples in a small 4-association cell,
+# against 0.8% for a home created far from any deletion).  So a run deletes nothing
+# until its end (servers are only stopped, retrieved files overwritten), and a timed
+# measure waits until what it deleted first (an earlier run's files) is older than that.
+DELETIONS_SETTLE_SECONDS = 365.0
 # when the latest deletion of any bench run ended (wall clock), for the next run
 DELETION_MARK = HERE / "out" / "last-deletion"
 
@@ -1129,7 +1132,7 @@ def render(
         "overwritten), and a timed measure starts at least "
         f"{DELETIONS_SETTLE_SECONDS:.0f} s after an earlier run's files were deleted: on ext4 "
         "without a journal, each new inode otherwise costs a scan of the inodes deleted in the "
-        "last minute (see `DELETIONS_SETTLE_SECONDS`).",
+        "last 6 minutes (see `DELETIONS_SETTLE_SECONDS`).",
         "- Server CPU = utime+stime of the server's processes (all threads; pacscore's "
         "extra DICOM listeners included) from "
         "/proc/PID/stat, read before the cell and after the server goes idle again "
