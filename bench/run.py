@@ -671,6 +671,62 @@ def versions() -> str:
     return f"{py}; {orth.strip()}; DCMTK {dcm} (Debian)"
 
 
+def store_cell(
+    server: Server, warm_dirs: list[Path], n_warm: int, dirs: list[Path], n: int
+) -> tuple[float, float]:
+    """Warm ``server`` up, then time the store of ``dirs``; (instances/s, CPU ms/instance)."""
+    store(server, warm_dirs)
+    if wait_count(server, n_warm) != n_warm:
+        raise RuntimeError(f"{server.name}: warm-up not stored")
+    settle_deletions()  # nothing left to write, nor recently deleted
+    settle_cpu(server.pid)
+    c0 = cpu_seconds(server.pid)
+    elapsed = store(server, dirs)
+    c1 = settle_cpu(server.pid)
+    stored = wait_count(server, n_warm + n) - n_warm
+    if stored != n:
+        raise RuntimeError(f"{server.name}: {stored} stored, expected {n}")
+    return n / elapsed, (c1 - c0) / n * 1000
+
+
+def query_retrieve(
+    server: Server, stored: int, sets: dict, counts: dict, args, destination: Destination, out: Path
+) -> dict[str, dict]:
+    """The C-FIND, C-MOVE and C-GET cells, on the archive of a large-4 store cell plus
+    the small set (stored untimed): cell -> its values (and ``matches`` for C-FIND)."""
+    name = server.name
+    cells: dict[str, dict] = {}
+    store(server, sets["small"])
+    total = stored + counts["small"]
+    if wait_count(server, total) != total:
+        raise RuntimeError(f"{name}: small set for Q/R not stored")
+    settle_cpu(server.pid)
+    for qname, query in find_queries().items():
+        ms, matches, cpu = find_cell(server, query, args.find_repeat)
+        cells[qname] = {"rate": ms, "cpu": cpu, "unit": "ms/query", "matches": matches}
+        log(f"{qname:26s} {name:8s} {ms:8.2f} ms/query ({matches} matches) CPU {cpu:.2f} ms/query")
+    studies, total_r, last_k = [], 0, 0
+    for uid, k in gen.studies_of("large", "large", counts["large"]):
+        if total_r >= args.retrieve:
+            break
+        studies.append(uid)
+        total_r += k
+        last_k = k
+    destination.start()
+    try:
+        # warm-up retrieve of one study
+        retrieve_cell(server, "move", studies[-1:], last_k, out / "recv-move", 1)
+        rate, cpu = retrieve_cell(server, "move", studies, total_r, out / "recv-move")
+    finally:
+        destination.stop()
+    cells["C-MOVE"] = {"rate": rate, "cpu": cpu, "unit": "inst/s", "n": total_r}
+    log(f"{'C-MOVE':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+    rate, cpu = retrieve_cell(server, "get", studies, total_r, out / "recv-get")
+    cells["C-GET"] = {"rate": rate, "cpu": cpu, "unit": "inst/s", "n": total_r}
+    log(f"{'C-GET':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) CPU {cpu:.2f} ms/inst")
+    return cells
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -678,6 +734,7 @@ def main() -> int:
     ap.add_argument("--large", type=int, default=4000, help="large instances per store cell")
     ap.add_argument("--small", type=int, default=4000, help="small instances per store cell")
     ap.add_argument("--out", type=Path, default=HERE / "out", help="work folder (data, homes)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per store cell (median reported)")
     ap.add_argument("--retrieve", type=int, default=300, help="instances per C-MOVE/C-GET")
     ap.add_argument("--find-repeat", type=int, default=50, help="C-FIND queries per association")
     ap.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
@@ -746,74 +803,39 @@ def main() -> int:
         dirs = [data / kind] if nassoc == 1 else sets[kind]
         if (kind, nassoc) == ("large", 1):
             floors = measure_floors(data / "large", out, before=True)
+        rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+        peaks: dict[str, int] = dict.fromkeys(servers, 0)
+        for round_number in range(args.rounds):
+            for name in servers:
+                server = fresh_server(name, out, f"{kind}{nassoc}-r{round_number}")
+                try:
+                    rate, cpu = store_cell(server, warm_dirs, n_warm, dirs, n)
+                    rounds[name].append((rate, cpu))
+                    log(
+                        f"{cell:26s} {name:8s} {rate:8.1f} inst/s  round {round_number + 1}  "
+                        f"CPU {cpu:.2f} ms/inst"
+                    )
+                    if (kind, nassoc) == ("large", 4) and round_number == args.rounds - 1:
+                        qr = query_retrieve(
+                            server, n_warm + n, sets, counts, args, destination, out
+                        )
+                        for qr_cell, values in qr.items():
+                            if "matches" in values:
+                                find_matches.setdefault(qr_cell, {})[name] = values.pop("matches")
+                            record(qr_cell, name, **values)
+                    peaks[name] = max(peaks[name], vm_hwm_kib(server.pid))
+                finally:
+                    server.destroy()
         for name in servers:
-            server = fresh_server(name, out, f"{kind}{nassoc}")
-            try:
-                store(server, warm_dirs)
-                if wait_count(server, n_warm) != n_warm:
-                    raise RuntimeError(f"{name}: warm-up not stored")
-                settle_deletions()  # nothing left to write, nor recently deleted
-                settle_cpu(server.pid)
-                c0 = cpu_seconds(server.pid)
-                elapsed = store(server, dirs)
-                c1 = settle_cpu(server.pid)
-                stored = wait_count(server, n_warm + n) - n_warm
-                if stored != n:
-                    raise RuntimeError(f"{name} {cell}: {stored} stored, expected {n}")
-                rate = n / elapsed
-                record(
-                    cell, name, rate=rate, cpu=(c1 - c0) / n * 1000, unit="inst/s", elapsed=elapsed
-                )
-                log(
-                    f"{cell:26s} {name:8s} {rate:8.1f} inst/s  {elapsed:6.1f}s  "
-                    f"CPU {(c1 - c0) / n * 1000:.2f} ms/inst"
-                )
-
-                if (kind, nassoc) == ("large", 4):
-                    # query/retrieve on this archive plus the small set (untimed)
-                    store(server, sets["small"])
-                    total = n_warm + n + counts["small"]
-                    if wait_count(server, total) != total:
-                        raise RuntimeError(f"{name}: small set for Q/R not stored")
-                    settle_cpu(server.pid)
-                    for qname, query in find_queries().items():
-                        ms, matches, cpu = find_cell(server, query, args.find_repeat)
-                        record(qname, name, rate=ms, cpu=cpu, unit="ms/query")
-                        find_matches.setdefault(qname, {})[name] = matches
-                        log(
-                            f"{qname:26s} {name:8s} {ms:8.2f} ms/query ({matches} matches) "
-                            f"CPU {cpu:.2f} ms/query"
-                        )
-                    studies, total_r, last_k = [], 0, 0
-                    for uid, k in gen.studies_of("large", "large", n):
-                        if total_r >= args.retrieve:
-                            break
-                        studies.append(uid)
-                        total_r += k
-                        last_k = k
-                    destination.start()
-                    try:
-                        # warm-up retrieve of one study
-                        retrieve_cell(server, "move", studies[-1:], last_k, out / "recv-move", 1)
-                        rate, cpu = retrieve_cell(
-                            server, "move", studies, total_r, out / "recv-move"
-                        )
-                    finally:
-                        destination.stop()
-                    record("C-MOVE", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
-                    log(
-                        f"{'C-MOVE':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) "
-                        f"CPU {cpu:.2f} ms/inst"
-                    )
-                    rate, cpu = retrieve_cell(server, "get", studies, total_r, out / "recv-get")
-                    record("C-GET", name, rate=rate, cpu=cpu, unit="inst/s", n=total_r)
-                    log(
-                        f"{'C-GET':26s} {name:8s} {rate:8.1f} inst/s ({total_r} large) "
-                        f"CPU {cpu:.2f} ms/inst"
-                    )
-                rss[name].append((cell, vm_hwm_kib(server.pid)))
-            finally:
-                server.destroy()
+            record(
+                cell,
+                name,
+                rate=statistics.median(r for r, _ in rounds[name]),
+                cpu=statistics.median(c for _, c in rounds[name]),
+                unit="inst/s",
+                rounds=[r for r, _ in rounds[name]],
+            )
+            rss[name].append((cell, peaks[name]))
         if (kind, nassoc) == ("large", 1):
             floors.update(measure_floors(data / "large", out, before=False))
 
@@ -1019,6 +1041,28 @@ def floor_lines(floors: dict[str, float], orthanc: dict | None) -> list[str]:
     ]
 
 
+def round_lines(results: dict, servers: list[str]) -> list[str]:
+    """Each store cell's rounds: the rates whose medians the table above gives, and the
+    ratio of each round (the two servers one after the other)."""
+    lines = [
+        "",
+        "Store rounds (inst/s; in each round every server stores the same data on a fresh "
+        "home, one after the other; the table above gives the medians):",
+        "",
+        "| cell | " + " | ".join(servers) + (" | ratio per round |" if len(servers) > 1 else ""),
+        "|---|" + "---:|" * len(servers) + ("---:|" if len(servers) > 1 else ""),
+    ]
+    for cell, by_server in results.items():
+        if not all("rounds" in by_server.get(name, {}) for name in servers):
+            continue
+        rates = [by_server[name]["rounds"] for name in servers]
+        row = [cell, *(" / ".join(f"{r:.1f}" for r in server_rates) for server_rates in rates)]
+        if len(servers) > 1:
+            row.append(" / ".join(f"{p / o:.2f}x" for p, o in zip(rates[0], rates[1], strict=True)))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def render(
     results,
     rss,
@@ -1090,6 +1134,7 @@ def render(
             f"{rate_text(o, unit) if o else '-'} | {ratio} | {target} | "
             f"{cpu_text(p, cpu_unit)} | {cpu_text(o, cpu_unit)} |"
         )
+    lines += round_lines(results, servers)
     lines += [
         "",
         "Peak RSS (the largest VmHWM among the server's processes, sampled at the end of "
@@ -1123,7 +1168,11 @@ def render(
         "",
         "## Method",
         "",
-        "- Each store cell starts a **fresh server** (new home / storage / index), stores a "
+        f"- Each store cell runs {args.rounds} rounds; in each, every server in turn stores "
+        "the same data on a **fresh server** (new home / storage / index); the table gives "
+        "the median rate and CPU of the rounds, and the rounds follow it. This machine's "
+        "speed drifts by up to 30% from one minute to the next: rounds taken in turn "
+        "expose both servers to the same drift. Each fresh server stores a "
         f"warm-up set ({WARM['large']} large + {WARM['small']} small instances, own UIDs), "
         "runs `sync`, then times the storescu process(es) from launch to exit: 1 association = one "
         "storescu with every file, 4 associations = four storescu in parallel on a quarter "
