@@ -27,7 +27,8 @@ disk at the end is not a less flat archive.
     .venv/bin/python bench/flatness.py                       # SQLite
     .venv/bin/python bench/flatness.py --db postgresql://postgres@127.0.0.1:5432/flat
 
-A PostgreSQL database named in ``--db`` is dropped and created again first.
+Each measure on PostgreSQL creates its own database, ``--db``'s name with
+``_0``, ``_1``...: dropped first if left over, and at the end.
 """
 
 from __future__ import annotations
@@ -184,14 +185,14 @@ def _fill_batch(rng, studies, per_study, per_series, storage_id, Patient, Study,
     Instance.insert_many(instances).execute()
 
 
-def recreate_postgres_database(url: str) -> None:
-    """Start from an empty PostgreSQL database (the role must be allowed to create one)."""
+def _postgres_admin(url: str):
+    """A connection to the server of ``url`` (the role must be allowed to create
+    databases) and the database name of ``url``."""
     from urllib.parse import urlparse
 
     import psycopg2
 
     parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
     admin = psycopg2.connect(
         dbname="postgres",
         user=parsed.username,
@@ -200,11 +201,40 @@ def recreate_postgres_database(url: str) -> None:
         port=parsed.port or 5432,
     )
     admin.autocommit = True
+    return admin, parsed.path.lstrip("/")
+
+
+def measure_database(args, run: int) -> str:
+    """The database URL of measure ``run``: each measure its own PostgreSQL database,
+    all dropped at the end, since dropping one within the run would slow the next
+    measure's file creations (see run.DELETIONS_SETTLE_SECONDS)."""
+    return f"{args.db}_{run}" if is_postgres(args.db) else args.db
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def create_postgres_database(url: str) -> None:
+    admin, name = _postgres_admin(url)
     with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # our own index reads
         cursor.execute(f'CREATE DATABASE "{name}"')
     admin.close()
-    note_deletion()  # the dropped database's files, on the same file system
+
+
+def drop_postgres_databases(urls: list[str]) -> None:
+    """Drop those that exist; a drop deletes files on the bench's file system."""
+    dropped = False
+    for url in urls:
+        admin, name = _postgres_admin(url)
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone():
+                cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # our own index reads
+                dropped = True
+        admin.close()
+    if dropped:
+        note_deletion()
 
 
 def remove_homes(out: Path) -> None:
@@ -216,12 +246,13 @@ def measure(args, parts: dict[str, list[Path]], data: Path, run: int) -> dict:
     """One whole measure on a fresh home and database: the first window, the fill,
     the last window, the queries at both sizes."""
     home = args.out / f"home-{run}"  # deleted at the end (see run.DELETIONS_SETTLE_SECONDS)
-    if args.db.startswith(("postgres://", "postgresql://")):
-        recreate_postgres_database(args.db)
-    server = FlatPacscore(home, args.db)
+    db_url = measure_database(args, run)
+    if is_postgres(db_url):
+        create_postgres_database(db_url)
+    server = FlatPacscore(home, db_url)
     server.setup()
     server.start()
-    result: dict = {"db": args.db or "sqlite", "total": args.total, "window": args.window}
+    result: dict = {"db": db_url or "sqlite", "total": args.total, "window": args.window}
     try:
         result["disk_at_start"] = disk_rate(data / "a", args.out / f"disk-alone-{run}-start")
         t_a, cpu_a = timed_store(server, parts["flat-a"])
@@ -274,12 +305,17 @@ def main() -> int:
             gen.generate(folder, name, "small", count, first_year=first_year,
                          first_patient=first_patient)  # fmt: skip
     parts = {name: sorted(p for p in s[1].iterdir() if p.is_dir()) for name, s in sets.items()}
+    databases = [measure_database(args, run) for run in range(args.runs)]
     remove_homes(args.out)  # an earlier run's
+    if is_postgres(args.db):
+        drop_postgres_databases(databases)  # an earlier run's
     runs = []
     for number in range(1, args.runs + 1):
         log(f"measure {number} of {args.runs}")
         runs.append(measure(args, parts, data, len(runs)))
     remove_homes(args.out)
+    if is_postgres(args.db):
+        drop_postgres_databases(databases)
     summary = {
         key: statistics.median(run[key] for run in runs)
         for key in ("rate_ratio", *(f"{name} ratio" for name in QUERIES))
