@@ -546,8 +546,11 @@ def write_transaction(sync_commit: bool = True):
         return
     outermost = not database.in_transaction()
     # only the C-STORE path commits without waiting for the disk: that tells a store
-    queue = _sqlite_writers.queue(database.database, BUSY_TIMEOUT_SECONDS, store=not sync_commit)
-    with queue if outermost else nullcontext():
+    with (
+        _sqlite_writers.queue(database.database, BUSY_TIMEOUT_SECONDS, store=not sync_commit)
+        if outermost
+        else nullcontext()
+    ):
         # per connection, and only outside a transaction: back to FULL for the next user
         # (on the sqlite3 connection itself: through peewee, a C-STORE's 2% of CPU)
         relaxed = database.connection() if not sync_commit and outermost else None
@@ -591,6 +594,11 @@ class _SqliteWriterQueue:
 
     def _forget(self) -> None:
         self._thread_lock = threading.Lock()
+        # the parent's open lock files: closing the child's copies releases no lock
+        # the parent holds (flock(2) locks go with the last descriptor of an open file)
+        for fd in self._files.values():
+            with suppress(OSError):
+                os.close(fd)
         self._files = {}
 
     @contextmanager

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pacscore.models import Node, bind_database, connection, create_tables, write_transaction
+from pacscore.models import (
+    BUSY_TIMEOUT_SECONDS,
+    Node,
+    bind_database,
+    connection,
+    create_tables,
+    write_transaction,
+)
 
 HOLD_SECONDS = 0.5
 
@@ -30,7 +37,7 @@ def add_node(name: str, busy_timeout_ms: int | None = None) -> None:
             with write_transaction():
                 Node.create(name=name, aet=name.upper(), host="127.0.0.1", port=104)
         finally:  # the pool hands this connection out again
-            database.execute_sql("PRAGMA busy_timeout = 30000")
+            database.execute_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
 
 
 def hold_the_write_lock(entered: threading.Event | None = None) -> None:
