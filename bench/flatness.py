@@ -39,6 +39,7 @@ import random
 import statistics
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -187,9 +188,7 @@ def _fill_batch(rng, studies, per_study, per_series, storage_id, Patient, Study,
 
 def _postgres_admin(url: str):
     """A connection to the server of ``url`` (the role must be allowed to create
-    databases) and the database name of ``url``."""
-    from urllib.parse import urlparse
-
+    databases)."""
     import psycopg2
 
     parsed = urlparse(url)
@@ -201,7 +200,15 @@ def _postgres_admin(url: str):
         port=parsed.port or 5432,
     )
     admin.autocommit = True
-    return admin, parsed.path.lstrip("/")
+    return admin
+
+
+def _database_name(url: str) -> str:
+    return urlparse(url).path.lstrip("/")
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
 
 
 def measure_database(args, run: int) -> str:
@@ -211,29 +218,25 @@ def measure_database(args, run: int) -> str:
     return f"{args.db}_{run}" if is_postgres(args.db) else args.db
 
 
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgres://", "postgresql://"))
-
-
 def create_postgres_database(url: str) -> None:
-    admin, name = _postgres_admin(url)
+    admin = _postgres_admin(url)
     with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
+        cursor.execute(f'CREATE DATABASE "{_database_name(url)}"')
     admin.close()
 
 
 def drop_postgres_databases(urls: list[str]) -> None:
-    """Drop those that exist; a drop deletes files on the bench's file system."""
-    dropped = False
-    for url in urls:
-        admin, name = _postgres_admin(url)
-        with admin.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone():
-                cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # our own index reads
-                dropped = True
-        admin.close()
-    if dropped:
+    """Drop those that exist (all on one server); a drop deletes files on the bench's
+    file system."""
+    admin = _postgres_admin(urls[0])
+    with admin.cursor() as cursor:
+        names = [_database_name(url) for url in urls]
+        cursor.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,))
+        existing = [name for (name,) in cursor.fetchall()]
+        for name in existing:
+            cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # our own index reads
+    admin.close()
+    if existing:
         note_deletion()
 
 
