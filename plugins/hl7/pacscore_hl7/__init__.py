@@ -13,10 +13,16 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from pacscore import hookimpl
 from pacscore.scheduler import PeriodicTask
-from pacscore_hl7.mllp import MllpServer
+from pacscore_hl7.mllp import MAX_FRAME, MllpServer
 from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
 from pacscore_hl7.pages import make_blueprint
-from pacscore_hl7.service import forget_old_messages, process_frame, recent, replay
+from pacscore_hl7.service import (
+    forget_old_messages,
+    process_frame,
+    process_oversized,
+    recent,
+    replay,
+)
 
 __all__ = ["recent", "replay"]
 
@@ -50,6 +56,14 @@ class Hl7Settings(Schema):
         validate=validate.Range(min=5),
         metadata={"help": "close a connection silent this long (applies to new connections)"},
     )
+    max_message_bytes = fields.Integer(
+        load_default=MAX_FRAME,
+        validate=validate.Range(min=4096, max=64 * 1024 * 1024),
+        metadata={
+            "help": "a larger message is refused (AR) and not kept in memory; read when the "
+            "listener starts"
+        },
+    )
 
     @validates("mapping")
     def _valid_mapping(self, value, **_kwargs) -> None:
@@ -73,10 +87,13 @@ def periodic_tasks(pacs):
 def on_startup(pacs):
     global _server
     settings = pacs.plugin_settings("hl7")
+    limit = settings.get("max_message_bytes", MAX_FRAME)
     _server = MllpServer(
         (pacs.config.host, pacs.config.hl7_port),
         lambda payload, peer: process_frame(pacs, payload, peer),
         idle_timeout=settings.get("idle_timeout_seconds", 600),
+        max_frame=limit,
+        refuse=lambda head, size, peer: process_oversized(pacs, head, size, limit, peer),
     )
     _server.start()
     log.info("HL7 MLLP listening on %s:%d", pacs.config.host, pacs.config.hl7_port)

@@ -3,19 +3,16 @@
 Fields are read by a small splitter that honours the message's own
 delimiters and escape sequences: a feed replaying a backlog needs hundreds
 of messages per second, and hl7apy's full parse costs ~8-17 ms per message
-here (see the README).  hl7apy (TOLERANT) builds the error ACKs (AE, AR),
-whose ERR segment it lays out per HL7 version.
+here (see the README).  ACKs are laid out directly, the ERR segment in the
+layout of the ACK's HL7 version.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass, field
 from itertools import count
-
-log = logging.getLogger(__name__)
 
 # MSH-18 value -> Python codec; an absent MSH-18 means ASCII, read leniently
 CHARSETS = {
@@ -28,6 +25,11 @@ CHARSETS = {
     "8859/15": "iso8859-15",
 }
 SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+# MSH-12 versions read and answered; a message of another version (or none) is refused
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8",
+                      "2.8.1", "2.8.2")  # fmt: skip
+# version of an ACK to a message without a supported version of its own
+DEFAULT_ACK_VERSION = "2.5"
 
 
 class Unreadable(ValueError):
@@ -157,6 +159,23 @@ class Message:
     def control_id(self) -> str:
         return self.msh(10)
 
+    @property
+    def version(self) -> str:
+        """MSH-12 version ID (its first component), e.g. ``2.5.1``."""
+        return self.msh(12).strip()
+
+
+def version_problem(message: Message) -> str:
+    """Why the message's MSH-12 version is refused, or "" when it is supported."""
+    if not message.version:
+        return "MSH-12 (version ID) is missing"
+    if message.version not in SUPPORTED_VERSIONS:
+        return (
+            f"unsupported HL7 version {message.version!r} (MSH-12): "
+            f"supported {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    return ""
+
 
 def charset_of(data: bytes) -> str:
     """MSH-18 read from the raw bytes (ASCII-compatible before decoding)."""
@@ -190,10 +209,11 @@ def codec_for(charset: str) -> str:
 # -- ACKs -------------------------------------------------------------------------------
 
 _ack_ids = count(1)
-ERROR_CODES = {
-    "AE": ("207", "Application internal error"),
-    "AR": ("200", "Unsupported message type"),
-}
+# HL7 table 0357 (message error condition codes): (code, name)
+UNSUPPORTED_MESSAGE_TYPE = ("200", "Unsupported message type")
+UNSUPPORTED_VERSION = ("203", "Unsupported version id")
+INTERNAL_ERROR = ("207", "Application internal error")
+ERROR_CODES = {"AE": INTERNAL_ERROR, "AR": UNSUPPORTED_MESSAGE_TYPE}
 
 
 def _timestamp() -> str:
@@ -217,9 +237,17 @@ def ack_accept(message: Message, sender: str = "PACSCORE") -> str:
     return _ack_header(message, sender) + f"\rMSA|AA|{escape(message.control_id)}\r"
 
 
+def ack_version(message: Message | None) -> str:
+    """MSH-12 of our ACK: the message's version when supported, else ``DEFAULT_ACK_VERSION``."""
+    if message is not None and message.version in SUPPORTED_VERSIONS:
+        return message.version
+    return DEFAULT_ACK_VERSION
+
+
 def _ack_header(message: Message | None, sender: str) -> str:
     if message is None:
-        return f"MSH|^~\\&|{sender}||||{_timestamp()}||ACK|{_ack_control_id()}|P|2.5"
+        version = DEFAULT_ACK_VERSION
+        return f"MSH|^~\\&|{sender}||||{_timestamp()}||ACK|{_ack_control_id()}|P|{version}"
     code, trigger = message.message_type
     fields = [
         "MSH",
@@ -233,53 +261,39 @@ def _ack_header(message: Message | None, sender: str) -> str:
         f"ACK^{escape(trigger)}^ACK" if trigger else "ACK",
         _ack_control_id(),
         escape(message.msh(11)) or "P",
-        escape(message.msh(12)) or "2.5",
+        ack_version(message),
     ]
     if message.msh(18):
         fields += [""] * 5 + [escape(message.msh(18))]
     return "|".join(fields)
 
 
-def ack_error(message: Message | None, code: str, text: str, sender: str = "PACSCORE") -> str:
-    """An AE or AR acknowledgement with the error in MSA-3 and an ERR segment.
+def ack_error(
+    message: Message | None,
+    code: str,
+    text: str,
+    sender: str = "PACSCORE",
+    error: tuple[str, str] | None = None,
+    location: str = "",
+) -> str:
+    """An AE or AR acknowledgement: the reason in MSA-3 and an ERR segment.
 
-    Built with hl7apy (TOLERANT) when the message's version is one it knows;
-    otherwise (or if hl7apy fails) laid out directly.
+    ``error`` is the HL7 table 0357 (code, name) (default: 207 for AE, 200 for
+    AR) and ``location`` where it lies, ``SEG^sequence^field`` (``MSH^1^12``).
+    ERR follows the ACK's version: before 2.5 all of it is in ERR-1 (ELD);
+    from 2.5 on, ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 the text
+    (hl7apy's layout for 2.8 and later omits the withdrawn ERR-1).
     """
     header = _ack_header(message, sender)
     control_id = message.control_id if message else ""
-    try:
-        return _hl7apy_error_ack(header, code, control_id, text)
-    except Exception as exc:  # noqa: BLE001 - hl7apy raises many types on odd versions
-        log.debug("hl7apy could not build the ACK (%s): laid out directly", exc)
-    error_code, error_name = ERROR_CODES.get(code, ERROR_CODES["AE"])
-    return (
-        f"{header}\rMSA|{code}|{escape(control_id)}|{escape(text[:80])}\r"
-        f"ERR|||{error_code}^{error_name}^HL70357|E||||{escape(text)}\r"
-    )
-
-
-def _hl7apy_error_ack(header: str, code: str, control_id: str, text: str) -> str:
-    from hl7apy.consts import VALIDATION_LEVEL
-    from hl7apy.core import Segment as ApySegment
-    from hl7apy.parser import parse_message
-
-    version = header.split("|")[11] if len(header.split("|")) > 11 else "2.5"
-    ack = parse_message(
-        header + "\r", validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False
-    )
-    msa = ApySegment("MSA", version=version, validation_level=VALIDATION_LEVEL.TOLERANT)
-    msa.msa_1 = code
-    msa.msa_2 = escape(control_id)
-    msa.msa_3 = escape(text[:80])
-    ack.add(msa)
-    err = ApySegment("ERR", version=version, validation_level=VALIDATION_LEVEL.TOLERANT)
-    error_code, error_name = ERROR_CODES.get(code, ERROR_CODES["AE"])
-    if version >= "2.5":
-        err.err_3 = f"{error_code}^{error_name}^HL70357"
-        err.err_4 = "E"
-        err.err_8 = escape(text)
+    number, name = error or ERROR_CODES.get(code, INTERNAL_ERROR)
+    if _version_tuple(ack_version(message)) < (2, 5):
+        where = location or "^^"
+        err = f"ERR|{where}^{number}&{name}&HL70357"
     else:
-        err.err_1 = f"^^^{error_code}&{escape(text[:60])}&HL70357"
-    ack.add(err)
-    return ack.to_er7() + "\r"
+        err = f"ERR||{location}|{number}^{name}^HL70357|E||||{escape(text)}"
+    return f"{header}\rMSA|{code}|{escape(control_id)}|{escape(text[:80])}\r{err}\r"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())

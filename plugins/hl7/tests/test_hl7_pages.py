@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pacscore_hl7
 import pytest
-from pacscore_hl7.service import process_text
+from pacscore_hl7.service import process_text, recent, replay
 
 from pacscore.models import Hl7Message, connection
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
@@ -67,6 +67,20 @@ def test_replay_asks_then_shows_the_new_outcome(pacs, clerk):
     with connection():
         assert Hl7Message.select().where(Hl7Message.replay_of == first.log_id).count() == 1
     assert clerk.post("/hl7/999999/replay", {"confirm": "yes"}).status_code == 404
+
+
+def test_a_large_message_is_shown_cut_and_replayed_whole(pacs, clerk):
+    big = ORDER.format(cid="C9", pid="P9") + "NTE|1||" + "x" * 300_000 + "\r"
+    first = process_text(pacs, big, "")
+    assert first.code == "AA"
+    listed = recent(limit=1)[0]
+    assert (len(listed["text"]), listed["text_length"]) == (65536, len(big))
+    page = clerk.get("/hl7/").text
+    assert f"[{len(big) - 65536} more characters not shown" in page and len(page) < 100_000
+    assert replay(pacs, first.log_id).code == "AA"
+    with connection():
+        again = Hl7Message.get(Hl7Message.replay_of == first.log_id)
+    assert again.text == big
 
 
 def test_rights_csrf_and_anonymous(pacs):

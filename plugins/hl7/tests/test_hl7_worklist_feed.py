@@ -325,6 +325,11 @@ def test_listener_survives_garbage_half_frames_and_long_sessions(hl7_server):
         assert "MSA|AR|" in read_ack(sock)
         sock.sendall(frame(ORDER.format(n=0)))
         assert "MSA|AA|BULK0" in read_ack(sock)
+        # an order of a version we do not read: AR 203, not applied (counted below)
+        sock.sendall(frame(ORDER.format(n=900).replace("|P|2.5", "|P|9.9")))
+        ack = read_ack(sock)
+        assert "MSA|AR|BULK900|unsupported HL7 version '9.9'" in ack, ack
+        assert "\rERR||MSH^1^12|203^Unsupported version id^HL70357|E|" in ack, ack
     # a client that disconnects mid-frame
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(frame(ORDER.format(n=1))[:40])
@@ -343,7 +348,7 @@ def test_listener_survives_garbage_half_frames_and_long_sessions(hl7_server):
         assert "MSA|AA|BULK201" in read_ack(two)
         assert "MSA|AA|BULK200" in read_ack(one)
     listing = hl7_server.cli("worklist", "list", "--limit", "1000").stdout
-    assert "BACC1\t" not in listing
+    assert "BACC1\t" not in listing and "BACC900" not in listing
     assert listing.count("BACC") == 103, listing
     # on_shutdown stops the listener with the server
     assert hl7_server.stop() == 0
