@@ -122,6 +122,7 @@ KINDS = {
 SET_CODES = {
     "large": 1, "small": 2, "warm-large": 3, "warm-small": 4,
     "flat-a": 5, "flat-b": 6, "flat-last": 7,  # bench/flatness.py
+    "start-small": 8,  # bench/run.py's "store after start" cells
 }  # fmt: skip
 
 

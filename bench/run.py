@@ -26,6 +26,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -63,6 +64,15 @@ DELETIONS_SETTLE_SECONDS = 365.0
 # when the latest deletion of any bench run ended (wall clock), for the next run
 DELETION_MARK = HERE / "out" / "last-deletion"
 
+# gen.py's set of the "store after start" cells (small instances, own UIDs)
+START_SET = "start-small"
+START_FS = {"root": "root fs", "journaled": "journaled ext4"}
+
+
+def start_cell_name(nassoc: int, fs: str) -> str:
+    return f"store after start {nassoc} assoc, {START_FS[fs]}"
+
+
 # targets shown next to the ratios (pacscore / Orthanc, higher is better)
 TARGETS = {
     "store large 1 assoc": 1.5,
@@ -71,6 +81,7 @@ TARGETS = {
     "store small 4 assoc": 1.0,
     "C-MOVE": 1.0,
     "C-GET": 1.0,
+    **{start_cell_name(nassoc, fs): 1.0 for fs in START_FS for nassoc in (1, 4)},
 }
 RSS_TARGET_MIB = 150
 ANALYSIS_MARKER = "<!-- hand-written analysis below: kept by bench/run.py -->"
@@ -220,6 +231,19 @@ class Server:
             time.sleep(0.3)
         raise RuntimeError(f"{self.name} not ready after {timeout}s")
 
+    def first_echo(self, timeout=120.0) -> float:
+        """Seconds from launch until the server first answers C-ECHO (echoscu every 20 ms:
+        a modality pushing its backlog the moment the port answers)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}; see {self.root}")
+            echo = [CLIENT_AET, "-aec", self.aet, "-to", "5", "127.0.0.1", self.dicom_port]
+            if dcmtk("echoscu", "-aet", *echo, check=False).returncode == 0:
+                return time.monotonic() - self.launched
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not answer C-ECHO within {timeout}s")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -280,9 +304,10 @@ class Pacscore(Server):
         run("settings", "--set", "max_find_results=100000")
         run("storage", "set", "default", "--min-free-mb", "0")
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         # stays open for the server process's lifetime; closed in Server.stop()
         self.logfile = open(self.root / "serve.out", "ab")  # noqa: SIM115
+        self.launched = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 *PACSCORE,
@@ -301,10 +326,14 @@ class Pacscore(Server):
                 str(self.http_port + 1),
                 *(["--dicom-processes", DICOM_PROCESSES] if DICOM_PROCESSES else []),
             ],
+            # the listener processes run `python -m pacscore`, which puts the working
+            # folder first on sys.path: the repository's pacscore would shadow PYTHONPATH's
+            cwd=self.root,
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
 
     def count_instances(self) -> int:
         con = sqlite3.connect(f"file:{self.root / 'index.db'}?mode=ro", uri=True, timeout=30)
@@ -345,9 +374,10 @@ class Orthanc(Server):
         }
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=2))
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         # stays open for the server process's lifetime; closed in Server.stop()
         self.logfile = open(self.root / "orthanc.out", "ab")  # noqa: SIM115
+        self.launched = time.monotonic()
         self.proc = subprocess.Popen(
             [ORTHANC, str(self.root / "orthanc.json")],
             env=client_env(),
@@ -355,7 +385,8 @@ class Orthanc(Server):
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
 
     def rest(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=60) as r:
@@ -727,6 +758,119 @@ def query_retrieve(
     return cells
 
 
+# -- store right after start ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def journaled_ext4(out: Path, size: str):
+    """A fresh ext4 with a journal (a loop image under ``out``), mounted; its folder.
+
+    The root file system of this machine kind has no journal (see SPEC.md section 7);
+    the inode tables and the journal are written by mkfs, so that no lazy
+    initialisation thread writes to the disk during a measure.  Unmounted and deleted
+    at the end.
+    """
+    base = Path(tempfile.mkdtemp(prefix="journaled-", dir=out))
+    image, mount = base / "ext4.img", base / "mnt"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-O", "has_journal",
+         "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
+        check=True,
+    )  # fmt: skip
+    features = subprocess.run(
+        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    if "has_journal" not in features:
+        raise RuntimeError(f"{image}: mkfs.ext4 made no journal")
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    log(f"journaled ext4 ({size}) mounted on {mount}")
+    try:
+        yield mount
+    finally:
+        os.sync()
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)])
+        shutil.rmtree(base, ignore_errors=True)
+        note_deletion()
+
+
+def store_after_start(
+    kind: str, homes: Path, tag: str, dirs: list[Path], n: int, root_fs: bool
+) -> dict[str, float]:
+    """A fresh server on a home under ``homes``, stored ``n`` instances as soon as it
+    first answers C-ECHO: its rate, CPU ms/instance (both from that echo) and the
+    seconds from launch to that echo."""
+    cls, dport, hport = SERVERS[kind]
+    server = cls(homes / f"{kind}-{tag}", dport, hport)
+    server.setup()
+    if root_fs:
+        settle_deletions()  # the root fs's inode allocation after deletions (see above)
+    else:
+        os.sync()
+    server.start(wait=False)
+    try:
+        to_echo = server.first_echo()
+        c0 = cpu_seconds(server.pid)
+        elapsed = store(server, dirs)
+        c1 = settle_cpu(server.pid)
+        stored = wait_count(server, n)
+    finally:
+        server.destroy()
+    if stored != n:
+        raise RuntimeError(f"{server.name}: {stored} stored, expected {n}")
+    return {"rate": n / elapsed, "cpu": (c1 - c0) / n * 1000, "echo_s": to_echo}
+
+
+def start_cells(args, out: Path, servers: list[str], dirs: list[Path], record) -> dict:
+    """The "store right after start" cells: per file system, 1 and 4 associations,
+    ``--rounds`` rounds of a fresh server per side.  Returns cell -> server -> the
+    seconds from launch to the first C-ECHO answer, per round."""
+    echo_times: dict[str, dict[str, list[float]]] = {}
+    for fs in args.start_fs:
+        with contextlib.ExitStack() as stack:
+            if fs == "journaled":
+                homes = stack.enter_context(journaled_ext4(out, args.journaled_size)) / "homes"
+            else:
+                homes = out / "homes"
+            for nassoc in (1, 4):
+                cell = start_cell_name(nassoc, fs)
+                rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+                for round_number in range(args.rounds):
+                    for name in servers:
+                        tag = f"start-{fs}-{nassoc}-r{round_number}"
+                        got = store_after_start(
+                            name, homes, tag, dirs[:1] if nassoc == 1 else dirs[1:],
+                            args.start_count, root_fs=fs == "root",
+                        )  # fmt: skip
+                        rounds[name].append(got)
+                        log(
+                            f"{cell:26s} {name:8s} {got['rate']:8.1f} inst/s  round "
+                            f"{round_number + 1}  CPU {got['cpu']:.2f} ms/inst  first echo "
+                            f"{got['echo_s']:.2f} s after launch"
+                        )
+                for name in servers:
+                    each = rounds[name]
+                    record(
+                        cell,
+                        name,
+                        rate=statistics.median(r["rate"] for r in each),
+                        cpu=statistics.median(r["cpu"] for r in each),
+                        unit="inst/s",
+                        rounds=[r["rate"] for r in each],
+                    )
+                    echo_times.setdefault(cell, {})[name] = [r["echo_s"] for r in each]
+    return echo_times
+
+
+def start_data(data: Path, count: int) -> list[Path]:
+    """The start cells' instances: ``[all of them, part0, ..., part3]``."""
+    folder = data / START_SET
+    remove_tree(folder)
+    return [folder, *gen.generate(folder, START_SET, "small", count)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -741,7 +885,25 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     ap.add_argument("--keep-data", action="store_true", help="keep the generated data")
     ap.add_argument("--only", choices=["pacscore", "Orthanc"], help="run one server only")
+    ap.add_argument(
+        "--start-only",
+        action="store_true",
+        help="run only the 'store after start' cells (report: OUT/start-report.md unless "
+        "--report is given)",
+    )
+    ap.add_argument(
+        "--start-count", type=int, default=1000, help="small instances per 'store after start' cell"
+    )
+    ap.add_argument(
+        "--start-fs",
+        nargs="+",
+        choices=list(START_FS),
+        default=list(START_FS),
+        help="file systems of the 'store after start' cells' homes (default: both)",
+    )
+    ap.add_argument("--journaled-size", default="8G", help="size of the journaled ext4 loop image")
     args = ap.parse_args()
+    report_given = any(a == "--report" or a.startswith("--report=") for a in sys.argv[1:])
     argv_shown = ".venv/bin/python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     if os.environ.get("PACSCORE_BENCH_NETNS") != "1":
@@ -764,6 +926,11 @@ def main() -> int:
     started = dt.datetime.now()
     log(f"machine: {machine()}")
 
+    servers = [args.only] if args.only else ["pacscore", "Orthanc"]
+    if args.start_only:
+        report = args.report if report_given else out / "start-report.md"
+        return run_start_only(args, out, servers, argv_shown, started, report)
+
     # -- data ------------------------------------------------------------------
     t0 = time.perf_counter()
     sets = {}
@@ -782,10 +949,10 @@ def main() -> int:
         f"generated data in {time.perf_counter() - t0:.0f}s: "
         f"large {size_large} B, small {size_small} B"
     )
+    start_dirs = start_data(data, args.start_count)
     warm_dirs = [data / "warm-large", data / "warm-small"]
     n_warm = WARM["large"] + WARM["small"]
 
-    servers = [args.only] if args.only else ["pacscore", "Orthanc"]
     results: dict[str, dict[str, dict]] = {}  # cell -> server -> {rate, cpu, unit, ...}
     rss: dict[str, list[tuple[str, int]]] = {s: [] for s in servers}
     find_matches: dict[str, dict[str, int]] = {}
@@ -839,6 +1006,8 @@ def main() -> int:
         if (kind, nassoc) == ("large", 1):
             floors.update(measure_floors(data / "large", out, before=False))
 
+    echo_times = start_cells(args, out, servers, start_dirs, record)
+
     profile_note = ""
     if not args.no_profile and "pacscore" in servers and shutil.which("py-spy", path=str(VENV_BIN)):
         profile_note = profile_pacscore(out, sets, warm_dirs, n_warm, counts["small"])
@@ -861,17 +1030,81 @@ def main() -> int:
         profile_note,
         servers,
         floors,
+        echo_times,
     )
     print(report)
     if args.report:
-        # hand-written notes below the marker survive a re-run
-        kept = ""
-        if args.report.exists() and ANALYSIS_MARKER in args.report.read_text():
-            kept = args.report.read_text().split(ANALYSIS_MARKER, 1)[1]
-        args.report.write_text(report + "\n" + ANALYSIS_MARKER + kept if kept else report)
-        log(f"report written to {args.report}")
+        write_report(args.report, report)
     (out / "results.json").write_text(
-        json.dumps({"results": results, "rss_kib": rss, "find_matches": find_matches}, indent=2)
+        json.dumps(
+            {
+                "results": results,
+                "rss_kib": rss,
+                "find_matches": find_matches,
+                "first_echo_s": echo_times,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write ``report``; hand-written notes below the marker survive a re-run."""
+    kept = ""
+    if path.exists() and ANALYSIS_MARKER in path.read_text():
+        kept = path.read_text().split(ANALYSIS_MARKER, 1)[1]
+    path.write_text(report + "\n" + ANALYSIS_MARKER + kept if kept else report)
+    log(f"report written to {path}")
+
+
+def run_start_only(args, out: Path, servers: list[str], argv_shown: str, started, report: Path):
+    """``--start-only``: the "store after start" cells alone, with their own report."""
+    data = out / "data"
+    dirs = start_data(data, args.start_count)
+    size = os.path.getsize(next(dirs[1].iterdir()))
+    results: dict[str, dict[str, dict]] = {}
+
+    def record(cell, server_name, **values):
+        results.setdefault(cell, {})[server_name] = values
+
+    echo_times = start_cells(args, out, servers, dirs, record)
+    if not args.keep_data:
+        remove_tree(data)
+        remove_tree(out / "homes")
+    rows, verdicts = table_rows(results, {}, servers, start_cell_names())
+    missed = [cell for cell, ok in verdicts if not ok]
+    lines = [
+        "# Store right after start: pacscore vs Orthanc",
+        "",
+        f"Generated by `bench/run.py --start-only` on {started:%Y-%m-%d %H:%M} "
+        f"(took {(dt.datetime.now() - started).total_seconds() / 60:.0f} min).",
+        "",
+        f"- Command: `{argv_shown}`",
+        f"- Machine: {machine()}",
+        f"- Software: {versions()}",
+        f"- Data: {args.start_count} small instances (MR 64x64x16, {size} B), explicit VR "
+        "little endian; Debian's DCMTK storescu with `TCP_NODELAY=1`; loopback in a private "
+        "network namespace.",
+        "",
+        *TABLE_HEAD,
+        *rows,
+        *round_lines(results, servers),
+        *start_lines(echo_times, servers),
+        "",
+        f"Targets met: {len(verdicts) - len(missed)}/{len(verdicts)}"
+        + (f"; missed: {', '.join(missed)}." if missed else "."),
+        "",
+        "## Method",
+        "",
+        start_method(args),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    write_report(report, text)
+    (out / "results-start.json").write_text(
+        json.dumps({"results": results, "first_echo_s": echo_times}, indent=2)
     )
     return 0
 
@@ -1063,51 +1296,27 @@ def round_lines(results: dict, servers: list[str]) -> list[str]:
     return lines
 
 
-def render(
-    results,
-    rss,
-    find_matches,
-    argv_shown,
-    started,
-    args,
-    size_large,
-    size_small,
-    profile_note,
-    servers,
-    floors,
-) -> str:
-    lines = [
-        "# Performance: pacscore vs Orthanc",
-        "",
-        f"Generated by `bench/run.py` on {started:%Y-%m-%d %H:%M} "
-        f"(took {(dt.datetime.now() - started).total_seconds() / 60:.0f} min).",
-        "",
-        f"- Command: `{argv_shown}`",
-        f"- Machine: {machine()}",
-        f"- Software: {versions()}",
-        f"- Data: {args.large} large instances (CT 512x512x16, {size_large} B) and {args.small} "
-        f"small (MR 64x64x16, {size_small} B), explicit VR little endian; clients are Debian's "
-        "DCMTK (storescu, findscu, movescu, getscu, storescp) with `TCP_NODELAY=1`; all on "
-        "loopback in a private network namespace.",
-        "",
-        "Rates: higher is better for inst/s, lower for ms/query. Ratio = pacscore / Orthanc "
-        "expressed so that > 1 means pacscore is better (Orthanc ms / pacscore ms for C-FIND).",
-        "",
-        "| cell | pacscore | Orthanc | ratio | target | pacscore CPU | Orthanc CPU |",
-        "|---|---:|---:|---:|---|---:|---:|",
-    ]
-    order = [
-        "store large 1 assoc",
-        "store large 4 assoc",
-        "store small 1 assoc",
-        "store small 4 assoc",
-        *find_queries().keys(),
-        "C-MOVE",
-        "C-GET",
-    ]
-    verdicts = []
+TABLE_HEAD = [
+    "Rates: higher is better for inst/s, lower for ms/query. Ratio = pacscore / Orthanc "
+    "expressed so that > 1 means pacscore is better (Orthanc ms / pacscore ms for C-FIND).",
+    "",
+    "| cell | pacscore | Orthanc | ratio | target | pacscore CPU | Orthanc CPU |",
+    "|---|---:|---:|---:|---|---:|---:|",
+]
+
+
+def start_cell_names() -> list[str]:
+    return [start_cell_name(nassoc, fs) for fs in START_FS for nassoc in (1, 4)]
+
+
+def table_rows(results, find_matches, servers, order) -> tuple[list[str], list]:
+    """The main table's rows of the cells of ``order`` that were measured, and
+    (cell, target met) for those with a target."""
+    lines, verdicts = [], []
     for cell in order:
-        r = results.get(cell, {})
+        if cell not in results:
+            continue
+        r = results[cell]
         p, o = r.get("pacscore"), r.get("Orthanc")
         unit = (p or o or {}).get("unit", "")
         cpu_unit = "ms/query" if unit == "ms/query" else "ms/inst"
@@ -1134,7 +1343,87 @@ def render(
             f"{rate_text(o, unit) if o else '-'} | {ratio} | {target} | "
             f"{cpu_text(p, cpu_unit)} | {cpu_text(o, cpu_unit)} |"
         )
+    return lines, verdicts
+
+
+def start_lines(echo_times: dict, servers: list[str]) -> list[str]:
+    """How long each fresh server of the start cells took to first answer C-ECHO."""
+    if not echo_times:
+        return []
+    lines = [
+        "",
+        "Store after start: seconds from each fresh server's launch to its first C-ECHO "
+        "answer, per round (the store starts then; the rates above are from that moment):",
+        "",
+        "| cell | " + " | ".join(servers) + " |",
+        "|---|" + "---:|" * len(servers),
+    ]
+    for cell, by_server in echo_times.items():
+        row = [" / ".join(f"{t:.2f}" for t in by_server[name]) for name in servers]
+        lines.append(f"| {cell} | " + " | ".join(row) + " |")
+    return lines
+
+
+def start_method(args) -> str:
+    return (
+        f"- Store after start: a **fresh server** per round and side ({args.rounds} rounds), "
+        "without any warm-up: launched, polled with echoscu every 20 ms, and as soon as it "
+        f"first answers C-ECHO sent {args.start_count} small instances (own UIDs): one storescu "
+        "with all of them, or four in parallel with a quarter each; the rate runs from that "
+        "first answer to the last storescu's exit, the CPU from that answer until the server "
+        "is idle again. It measures what a modality pushing its backlog the moment a "
+        "restarted server's port answers gets. Run on the root file system (ext4 without a "
+        "journal; after the wait for earlier deletions) and on a journaled ext4 made for the "
+        f"run (a loop image of {args.journaled_size} under the work folder, inode tables and "
+        "journal initialised by mkfs, deleted at the end); the generated instances stay on "
+        "the root file system."
+    )
+
+
+def render(
+    results,
+    rss,
+    find_matches,
+    argv_shown,
+    started,
+    args,
+    size_large,
+    size_small,
+    profile_note,
+    servers,
+    floors,
+    echo_times,
+) -> str:
+    lines = [
+        "# Performance: pacscore vs Orthanc",
+        "",
+        f"Generated by `bench/run.py` on {started:%Y-%m-%d %H:%M} "
+        f"(took {(dt.datetime.now() - started).total_seconds() / 60:.0f} min).",
+        "",
+        f"- Command: `{argv_shown}`",
+        f"- Machine: {machine()}",
+        f"- Software: {versions()}",
+        f"- Data: {args.large} large instances (CT 512x512x16, {size_large} B) and {args.small} "
+        f"small (MR 64x64x16, {size_small} B), explicit VR little endian; clients are Debian's "
+        "DCMTK (storescu, findscu, movescu, getscu, storescp) with `TCP_NODELAY=1`; all on "
+        "loopback in a private network namespace.",
+        "",
+        *TABLE_HEAD,
+    ]
+    order = [
+        "store large 1 assoc",
+        "store large 4 assoc",
+        "store small 1 assoc",
+        "store small 4 assoc",
+        *start_cell_names(),
+        *find_queries().keys(),
+        "C-MOVE",
+        "C-GET",
+    ]
+    rows, verdicts = table_rows(results, find_matches, servers, order)
+    lines += rows
     lines += round_lines(results, servers)
+    lines += start_lines(echo_times, servers)
     lines += [
         "",
         "Peak RSS (the largest VmHWM among the server's processes, sampled at the end of "
@@ -1200,6 +1489,7 @@ def render(
         "(SQLite index; each file fsynced once, with its `.incoming` journal name; store "
         "commits not waiting for the disk, redone from that journal after a power loss), "
         "`max_find_results=100000`, min free space 0.",
+        *([start_method(args)] if echo_times else []),
         "",
     ]
     if profile_note:

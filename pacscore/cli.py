@@ -31,6 +31,8 @@ from pacscore.models import (
     bind_database,
     connection,
     create_tables,
+    display_url,
+    redact,
 )
 
 
@@ -69,7 +71,9 @@ def cmd_init(args) -> int:
         bind_database(config.db_url, home)
         create_tables()
     except Exception as exc:  # noqa: BLE001 - any driver error is a bad URL or server
-        raise CommandError(f"cannot open database {config.db_url}: {exc}") from exc
+        url = config.db_url  # its password, if any, is shown nowhere
+        message = redact(str(exc), url).strip()
+        raise CommandError(f"cannot open database {display_url(url)}: {message}") from None
     config.save()
     pacs = _open(args, load_plugins=False)
     with connection():
@@ -78,7 +82,7 @@ def cmd_init(args) -> int:
         generated = None if User.select().exists() else first_admin_password(home)
         storages = [s.path for s in Storage.select()]
     print(f"pacscore home ready: {home}")
-    print(f"  database: {pacs.config.db_url}")
+    print(f"  database: {display_url(pacs.config.db_url)}")
     print(f"  storage:  {', '.join(storages)}")
     if generated:
         print(f"  console:  log in as 'admin' with the password in {generated}")
@@ -683,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("login")
     p.add_argument("--profile", required=True, help="profile name, e.g. 'radiologist'")
     p.add_argument("--email")
-    p.add_argument("--service", action="append", help="restrict to a service (repeatable)")
+    p.add_argument(
+        "--service", action="append", help="restrict to a service filter, by name (repeatable)"
+    )
     p.set_defaults(func=cmd_user_add)
     p = user.add_parser("unlock", help="unlock an account locked by failed logins")
     p.add_argument("login")

@@ -81,11 +81,18 @@ def _valid_network(text: str) -> None:
         raise ValidationError(f"not an address or network: {text!r}") from exc
 
 
+# upper bounds of durations: a larger one overflowed timedelta (500 at login, dispatcher errors)
+TEN_YEARS_MINUTES = 10 * 365 * 24 * 60
+MINUTES = validate.Range(min=1, max=TEN_YEARS_MINUTES)
+
+
 class CoreSettingsSchema(Schema):
     """Run-time settings of the core, editable by administrators."""
 
     study_stable_seconds = fields.Integer(
-        load_default=60, validate=validate.Range(min=1), metadata={"help": "quiet time"}
+        load_default=60,
+        validate=validate.Range(min=1, max=7 * 86400),
+        metadata={"help": "quiet time"},
     )
     accept_empty_patient_id = fields.Boolean(load_default=True)
     accept_empty_patient_name = fields.Boolean(load_default=True)
@@ -93,23 +100,35 @@ class CoreSettingsSchema(Schema):
         load_default=True,
         metadata={"help": "refuse an instance whose PatientID differs from its study's"},
     )
+    # off by default: a site upgrading must not start refusing images it used to accept
+    refuse_patient_name_mismatch = fields.Boolean(
+        load_default=False,
+        metadata={
+            "help": "refuse an instance whose PatientID is already indexed with another "
+            "PatientName (case, accents and trailing ^ ignored)"
+        },
+    )
     store_from_declared_nodes_only = fields.Boolean(load_default=False)
     overwrite_duplicates = fields.Boolean(load_default=False)
-    max_find_results = fields.Integer(load_default=10000, validate=validate.Range(min=1))
+    max_find_results = fields.Integer(
+        load_default=10000, validate=validate.Range(min=1, max=10_000_000)
+    )
     low_disk_alert_mb = fields.Integer(load_default=4096, validate=validate.Range(min=0))
     # security of console and API accounts
-    session_minutes = fields.Integer(load_default=480, validate=validate.Range(min=1))
-    inactivity_minutes = fields.Integer(load_default=30, validate=validate.Range(min=1))
+    session_minutes = fields.Integer(load_default=480, validate=MINUTES)
+    inactivity_minutes = fields.Integer(load_default=30, validate=MINUTES)
     max_failed_logins = fields.Integer(load_default=5, validate=validate.Range(min=1))
-    lock_minutes = fields.Integer(load_default=15, validate=validate.Range(min=1))
-    min_password_length = fields.Integer(load_default=10, validate=validate.Range(min=6))
+    lock_minutes = fields.Integer(load_default=15, validate=MINUTES)
+    min_password_length = fields.Integer(load_default=10, validate=validate.Range(min=6, max=1024))
     password_renewal_days = fields.Integer(
-        load_default=0, validate=validate.Range(min=0), metadata={"help": "0: never"}
+        load_default=0,
+        validate=validate.Range(min=0, max=TEN_YEARS_MINUTES // 1440),
+        metadata={"help": "0: never"},
     )
-    reset_link_minutes = fields.Integer(load_default=60, validate=validate.Range(min=1))
+    reset_link_minutes = fields.Integer(load_default=60, validate=MINUTES)
     reset_mail_interval_minutes = fields.Integer(
         load_default=5,
-        validate=validate.Range(min=0),
+        validate=validate.Range(min=0, max=TEN_YEARS_MINUTES),
         metadata={"help": "at most one password reset mail per account in this time"},
     )
     public_url = fields.String(
@@ -124,7 +143,7 @@ class CoreSettingsSchema(Schema):
     )
     worklist_timeout_hours = fields.Float(
         load_default=24.0,
-        validate=validate.Range(min=0),
+        validate=validate.Range(min=0, max=TEN_YEARS_MINUTES / 60),
         metadata={"help": "a step not started this long after its start becomes DISCONTINUED"},
     )
 

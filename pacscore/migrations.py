@@ -10,18 +10,43 @@ is recorded in ``AppliedMigration``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
 from peewee import Model
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
-from pacscore.models import ALL_MODELS, AppliedMigration, db, is_sqlite
+from pacscore.models import ALL_MODELS, AppliedMigration, ServiceFilter, User, db, is_sqlite
 
 log = logging.getLogger(__name__)
 
+
+def service_filters() -> None:
+    """Each service name users hold becomes a named filter that matches what it matched.
+
+    Before named filters, a user's service name matched a study whose
+    InstitutionName or RequestingService was that name; that is the filter's
+    ``institution_or_service`` criterion, so nobody sees more or less, and the
+    filters show on the Service filters page, where they can be edited into
+    conjunctions.  (A name without a filter would match the same way, see
+    ``web/studyops.py``; the rows make it visible.)
+    """
+    known = {name.casefold() for (name,) in ServiceFilter.select(ServiceFilter.name).tuples()}
+    for (services,) in User.select(User.services).tuples():
+        try:
+            names = json.loads(services or "[]")
+        except ValueError:
+            continue  # not a JSON list: nothing to carry over
+        for name in names if isinstance(names, list) else []:
+            name = str(name).strip()
+            if name and name.casefold() not in known and len(name) <= 128:
+                ServiceFilter.create(name=name, institution_or_service=name)
+                known.add(name.casefold())
+
+
 # (name, function) in the order they must run; never reorder or rename a step
-STEPS: list[tuple[str, Callable[[], None]]] = []
+STEPS: list[tuple[str, Callable[[], None]]] = [("service_filters", service_filters)]
 
 
 def _migrator():

@@ -1,10 +1,11 @@
 """``pacscore serve``: the listeners and background threads of a server.
 
 Processes: this one, plus ``dicom_processes - 1`` extra DICOM listeners on
-the same port (see ``pacscore/listeners.py``).  Threads of this process: the
-DICOM accept loop plus one thread per association (pynetdicom), the HTTP
-server (waitress, its own worker threads), the outbox dispatcher, the job
-workers (one thread per unit of concurrency of each job kind), the
+the same port (see ``pacscore/listeners.py``).  The DICOM port opens last,
+once every process can take associations (the start gate).  Threads of this
+process: the DICOM accept loop plus one thread per association (pynetdicom),
+the HTTP server (waitress, its own worker threads), the outbox dispatcher,
+the job workers (one thread per unit of concurrency of each job kind), the
 scheduler, and whatever plugins start in ``on_startup``.
 """
 
@@ -19,13 +20,18 @@ from pathlib import Path
 
 from waitress.server import create_server
 
-from pacscore.dicom.server import start_dicom_server
-from pacscore.dicom.shared_listener import bind_listening_socket
+from pacscore.dicom.server import make_dicom_server, start_accepting
+from pacscore.dicom.shared_listener import bind_dicom_socket, start_listening
 from pacscore.jobs import JobWorkers
 from pacscore.listeners import (
+    ACCEPTING,
+    ACCEPTING_TIMEOUT_SECONDS,
+    READY,
+    READY_TIMEOUT_SECONDS,
     ListenerProcesses,
     dicom_process_count,
     freeze_startup_objects,
+    warm_up,
 )
 from pacscore.models import connection
 from pacscore.outbox import Dispatcher
@@ -75,12 +81,15 @@ def serve(pacs, log_level: str = "INFO") -> None:
         signal.signal(signum, lambda *_: stop.set())
 
     processes = dicom_process_count(config)
-    listen_socket = bind_listening_socket(config.host, config.dicom_port)
+    # bound now (a port in use fails at once) but refusing connections until every
+    # process can take them (the start gate, pacscore/listeners.py)
+    dicom_socket = bind_dicom_socket(config.host, config.dicom_port)
     listeners = ListenerProcesses(
-        config, processes, home_lock.fileno(), listen_socket.fileno(), log_level
+        config, processes, home_lock.fileno(), dicom_socket.fileno(), log_level
     )
     listeners.start()
-    dicom = start_dicom_server(pacs, config.host, config.dicom_port, listen_socket=listen_socket)
+    dicom = make_dicom_server(pacs, config.host, config.dicom_port, listen_socket=dicom_socket)
+    warm_up(pacs)
     http = start_http_server(pacs, config.host, config.http_port)
     dispatcher = Dispatcher(pacs)
     dispatcher.start()
@@ -95,7 +104,9 @@ def serve(pacs, log_level: str = "INFO") -> None:
     scheduler.start()
     with connection():
         pacs.hooks.call_each("on_startup", pacs=pacs)
-    log.info("pacscore ready (%d DICOM listener processes)", processes)
+    accepting = open_dicom_port(dicom, dicom_socket, listeners, stop)
+    if accepting:
+        log.info("pacscore ready (%d DICOM listener processes)", processes)
     freeze_startup_objects()
 
     while not stop.wait(0.5):
@@ -105,7 +116,10 @@ def serve(pacs, log_level: str = "INFO") -> None:
     with connection():
         pacs.hooks.call_each("on_shutdown", pacs=pacs)
     listeners.stop()
-    dicom.shutdown()
+    if accepting:
+        dicom.shutdown()
+    else:
+        dicom.server_close()
     pacs.archive.folders.flush()
     http.close()
     scheduler.stop()
@@ -114,3 +128,17 @@ def serve(pacs, log_level: str = "INFO") -> None:
     dispatcher.join(timeout=10)
     home_lock.close()
     log.info("stopped")
+
+
+def open_dicom_port(dicom, dicom_socket, listeners: ListenerProcesses, stop) -> bool:
+    """Once every child listener is ready (or late), listen, let the children accept,
+    then accept here too: the first association finds every process taking its
+    share.  False if ``stop`` came first."""
+    listeners.wait_until(READY, READY_TIMEOUT_SECONDS, stop)
+    if stop.is_set():
+        return False
+    start_listening(dicom_socket)
+    listeners.open_gate()
+    listeners.wait_until(ACCEPTING, ACCEPTING_TIMEOUT_SECONDS, stop)
+    start_accepting(dicom)
+    return True

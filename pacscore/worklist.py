@@ -92,6 +92,10 @@ class UnknownEntry(WorklistError):
     pass
 
 
+class StepInProgress(WorklistError):
+    """A change to an entry a modality is performing (a step IN_PROGRESS), not confirmed."""
+
+
 # -- plain-dict state --------------------------------------------------------------
 
 
@@ -369,6 +373,61 @@ class Worklist:
                 ).execute()
             for step in clean_steps:
                 self._upsert_step(row, step)
+            after = to_dict(self._load(entry_id))
+            if _differs(before, after):
+                self._changed(before, after)
+        self.pacs.outbox.wake()
+        return after
+
+    def edit(
+        self,
+        entry_id: int,
+        procedure: dict[str, Any] | None = None,
+        steps: dict[int, dict[str, Any]] | None = None,
+        confirm_in_progress: bool = False,
+    ) -> dict[str, Any]:
+        """Change an entry's fields and those of its steps, addressed by step id.
+
+        One transaction, one ``on_worklist_change`` (none when nothing
+        changed).  Raises :class:`UnknownEntry`, :class:`StepInProgress` when a
+        step of the entry is IN_PROGRESS and ``confirm_in_progress`` is false
+        (a modality is performing it: the change may not reach it), and
+        :class:`WorklistError` for an unknown field, an empty patient ID or a
+        step of another entry.
+        """
+        values = _clean(procedure or {}, PROCEDURE_FIELDS)
+        changes = {
+            step_id: _clean(fields, STEP_FIELDS) for step_id, fields in (steps or {}).items()
+        }
+        if "patient_id" in values and not values["patient_id"]:
+            raise WorklistError("a worklist entry needs a patient ID")
+        with connection(), write_transaction():
+            row = self._load(entry_id)
+            before = to_dict(row)
+            mine = {step["id"]: step for step in before["steps"]}
+            foreign = sorted(set(changes) - set(mine))
+            if foreign:
+                raise WorklistError(f"no step {foreign[0]} in worklist entry {entry_id}")
+            busy = [s["sps_id"] for s in before["steps"] if s["status"] == IN_PROGRESS]
+            if busy and not confirm_in_progress:
+                raise StepInProgress(
+                    f"step {', '.join(busy)} is IN_PROGRESS: a modality is performing it"
+                )
+            new_uid = values.get("study_uid")
+            if new_uid and new_uid != row.study_uid and _uid_taken(new_uid):
+                raise WorklistError(f"Study Instance UID {new_uid} already scheduled")
+            changed_values = {k: v for k, v in values.items() if before[k] != v}
+            if changed_values:
+                RequestedProcedure.update(
+                    **_procedure_columns(changed_values), updated=utcnow()
+                ).where(RequestedProcedure.id == entry_id).execute()
+            for step_id, fields in changes.items():
+                changed = {k: v for k, v in fields.items() if mine[step_id][k] != v}
+                if changed:
+                    current = ScheduledStep.get_by_id(step_id)
+                    ScheduledStep.update(**_step_columns(changed, current)).where(
+                        ScheduledStep.id == step_id
+                    ).execute()
             after = to_dict(self._load(entry_id))
             if _differs(before, after):
                 self._changed(before, after)

@@ -71,6 +71,10 @@ EXPECTED_BY_RIGHT = {
         "api.users", "users.create", "users.create_profile", "users.delete",
         "users.delete_profile_page", "users.edit", "users.index", "users.profiles",
         "users.send_reset_link", "users.unlock_user",
+        "service_filters.create", "service_filters.delete", "service_filters.edit",
+        "service_filters.index", "service_filters_api.api_create",
+        "service_filters_api.api_delete", "service_filters_api.api_get",
+        "service_filters_api.api_list", "service_filters_api.api_update",
     ],
     "manage_plugins": [
         "api.plugin_settings", "api.plugins", "api.update_plugin", "api.update_plugin_settings",
@@ -83,13 +87,14 @@ EXPECTED_BY_RIGHT = {
     ],
     "manage_worklist": [
         "worklist.clear", "worklist.create", "worklist.create_study_type", "worklist.delete",
-        "worklist.delete_step", "worklist.delete_study_type", "worklist.edit_study_type",
+        "worklist.delete_step", "worklist.delete_study_type", "worklist.edit",
+        "worklist.edit_study_type",
         "worklist.index", "worklist.reset_step", "worklist.study_types",
         "worklist_api.api_clear", "worklist_api.api_create", "worklist_api.api_create_study_type",
         "worklist_api.api_delete", "worklist_api.api_delete_step",
         "worklist_api.api_delete_study_type", "worklist_api.api_entry",
         "worklist_api.api_reset_step", "worklist_api.api_search", "worklist_api.api_study_types",
-        "worklist_api.api_update_study_type",
+        "worklist_api.api_update", "worklist_api.api_update_study_type",
         # the test plugin's page
         "extra.declared",
     ],

@@ -20,10 +20,18 @@ from pynetdicom.service_class_n import ProcedureStepServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacscore.dicom import status
+from pacscore.models import connection
 
 log = logging.getLogger(__name__)
 
 RIGHT_BY_REQUEST = {C_FIND: "find", C_MOVE: "move", C_GET: "get"}
+
+
+def _allows(pacs, aet: str, right: str) -> bool:
+    # the rights are cached: a connection only when they are read, given back at once
+    # (an association thread must not keep one: dicom/connections.py)
+    with connection(lazy=True):
+        return pacs.nodes.allows(aet, right)
 
 
 def refusal_response(req, comment: str):
@@ -45,7 +53,7 @@ class GuardedQueryRetrieveServiceClass(QueryRetrieveServiceClass):
         pacs = getattr(self.assoc.ae, "pacs", None)
         right = RIGHT_BY_REQUEST.get(type(req))
         aet = self.assoc.requestor.ae_title
-        if pacs is not None and right and not pacs.nodes.allows(aet, right):
+        if pacs is not None and right and not _allows(pacs, aet, right):
             log.warning(
                 "refused C-%s from %s: not a declared node with that right", right.upper(), aet
             )
@@ -58,7 +66,7 @@ def _refused(service, req, context, right: str) -> bool:
     """Answer ``Not authorized`` and return True when the calling AE lacks ``right``."""
     pacs = getattr(service.assoc.ae, "pacs", None)
     aet = service.assoc.requestor.ae_title
-    if pacs is None or pacs.nodes.allows(aet, right):
+    if pacs is None or _allows(pacs, aet, right):
         return False
     request = type(req).__name__
     log.warning("refused %s from %s: not a declared node with the %s right", request, aet, right)

@@ -34,7 +34,7 @@ from pynetdicom import StoragePresentationContexts
 from pynetdicom.dul import DULServiceProvider
 
 from pacscore.dicom import status
-from pacscore.dicom.dul_guard import MAX_PDU_READ
+from pacscore.dicom.dul_guard import MAX_PDU_READ, receive_into
 
 log = logging.getLogger(__name__)
 
@@ -258,21 +258,18 @@ def _reader(dul: DULServiceProvider) -> LeanStoreReader | None:
 
 
 def _read_exactly(dul: DULServiceProvider, count: int) -> bytearray | None:
-    """Read ``count`` bytes straight into one buffer (pynetdicom reads 4 KiB at a time)."""
-    sock = dul.socket.socket if dul.socket is not None else None
-    if sock is None or count > MAX_PDU_READ:
+    """Read ``count`` bytes straight into one buffer (pynetdicom reads 4 KiB at a time);
+    None if the peer closed, failed or stalled (dul_guard: at most the network timeout
+    without a byte, then the association is aborted)."""
+    conn = dul.socket
+    if conn is None or conn.socket is None or count > MAX_PDU_READ:
         return None
     buffer = bytearray(count)
-    view, done = memoryview(buffer), 0
     try:
-        while done < count:
-            received = sock.recv_into(view[done:], count - done)
-            if not received:
-                return None
-            done += received
-    except (OSError, TimeoutError):
+        done = receive_into(conn, memoryview(buffer))
+    except OSError:
         return None
-    return buffer
+    return buffer if done == count else None
 
 
 def _forward(dul: DULServiceProvider, pdu: bytes) -> None:
@@ -309,7 +306,7 @@ def install() -> None:
             return
         body = _read_exactly(self, length)
         if body is None:
-            log.error("connection closed before the entire PDU was received")
+            log.error("the connection closed or stalled before the entire PDU was received")
             self.event_queue.put("Evt17")
             return
         if pdu_type != P_DATA_TF:

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacscore.archive import read_dicom_file
-from pacscore.dicom import command_sets, lean_send, nodelay, rawsend, reply_race
+from pacscore.dicom import command_sets, dul_guard, lean_send, nodelay, rawsend, reply_race
 from pacscore.models import Node
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -53,8 +53,10 @@ def describe(node: Node) -> str:
 def client_ae(calling_aet: str, timeout: float) -> AE:
     """An AE for pacscore as a client, with ``timeout`` for ACSE, DIMSE and the network."""
     # the listener's extensions: no Nagle delay, stored bytes sent as they are, no lost
-    # reply, command sets encoded directly, each message sent in one write
+    # reply, command sets encoded directly, each message sent in one write, no PDU read
+    # that waits for ever on a peer gone silent
     nodelay.install()
+    dul_guard.install()
     rawsend.install()
     reply_race.install()
     command_sets.install()

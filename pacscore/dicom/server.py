@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacscore.dicom import (
     access,
     command_sets,
+    connections,
     dul_guard,
     lean_send,
     lean_store,
@@ -96,14 +97,16 @@ def find_by_model(event, pacs):
 
 
 def handlers(pacs) -> list:
-    return [
-        (evt.EVT_C_STORE, handle_store, [pacs]),
-        (evt.EVT_C_FIND, find_by_model, [pacs]),
-        (evt.EVT_N_CREATE, handle_n_create, [pacs]),
-        (evt.EVT_N_SET, handle_n_set, [pacs]),
-        (evt.EVT_C_MOVE, handle_move, [pacs]),
-        (evt.EVT_C_GET, handle_get, [pacs]),
+    bound = [
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_C_FIND, find_by_model),
+        (evt.EVT_N_CREATE, handle_n_create),
+        (evt.EVT_N_SET, handle_n_set),
+        (evt.EVT_C_MOVE, handle_move),
+        (evt.EVT_C_GET, handle_get),
     ]
+    # no database connection kept between messages (dicom/connections.py)
+    return [(event, connections.per_message(handler), [pacs]) for event, handler in bound]
 
 
 def install_extensions(lean_store_path: bool = True) -> None:
@@ -131,6 +134,15 @@ def start_dicom_server(pacs, host: str, port: int, listen_socket: socket.socket 
     ``listen_socket``: the listening socket shared by the listener processes
     (dicom/shared_listener.py), instead of binding ``host:port``.
     """
+    server = make_dicom_server(pacs, host, port, listen_socket)
+    start_accepting(server)
+    return server
+
+
+def make_dicom_server(pacs, host: str, port: int, listen_socket: socket.socket | None = None):
+    """The pynetdicom server, bound (or on ``listen_socket``) but not accepting yet:
+    :func:`start_accepting` starts it; one never started is closed with
+    ``server.server_close()`` (its ``shutdown()`` would wait for an accept loop)."""
     install_extensions(pacs.config.lean_store)
     ae = build_ae(pacs)
     ae.listen_socket = listen_socket
@@ -138,6 +150,11 @@ def start_dicom_server(pacs, host: str, port: int, listen_socket: socket.socket 
         (host, port), evt_handlers=handlers(pacs), server_class=ThreadedAssociationServer
     )
     server._gc[1] = round(FULL_COLLECT_SECONDS / ACCEPT_POLL_SECONDS) - 1
+    return server
+
+
+def start_accepting(server) -> None:
+    """Run the accept loop of a server made by :func:`make_dicom_server`."""
     # start_server(block=False) polls every 0.5 s: each stop of a server would wait that long
     accept_loop = threading.Thread(
         target=server.serve_forever,
@@ -146,7 +163,6 @@ def start_dicom_server(pacs, host: str, port: int, listen_socket: socket.socket 
         daemon=True,
     )
     accept_loop.start()
-    ae._servers.append(server)  # so that ae.shutdown() stops it, as start_server does
+    server.ae._servers.append(server)  # so that ae.shutdown() stops it, as start_server does
     bound_host, bound_port = server.server_address[:2]
-    log.info("DICOM listening on %s:%d as %s", bound_host, bound_port, pacs.config.aet)
-    return server
+    log.info("DICOM listening on %s:%d as %s", bound_host, bound_port, server.ae.ae_title)

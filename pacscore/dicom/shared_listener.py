@@ -12,6 +12,11 @@ non-blocking, every process is woken by a new connection, and each waits
 accept: the least busy process usually wins, a loser gets EAGAIN and goes
 back to waiting.
 
+The parent binds the port before it starts its children but listens only
+once every child has reported ready (``pacscore/listeners.py``, the start
+gate): until then a connection is refused, as by a stopped server, rather
+than accepted by a process that would keep it while the others start.
+
 pynetdicom binds its server socket itself (``AssociationServer.server_bind``)
 and offers no hook, so the server class is wrapped: an AE with a
 ``listen_socket`` adopts it instead of binding, closes it without shutting
@@ -35,15 +40,48 @@ BACKLOG = 128
 _installed = False
 
 
-def bind_listening_socket(host: str, port: int) -> socket.socket:
-    """The DICOM port, bound and listening, ready to be shared with child processes."""
+def bind_dicom_socket(host: str, port: int) -> socket.socket:
+    """The DICOM port, bound but not yet listening (connections are refused), ready
+    to be shared with child processes; :func:`start_listening` opens it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
     try:
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        # as socket.create_server: a restart must not wait for the old connections'
+        # TIME_WAIT, and an IPv6 address means IPv6 only
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind((host, port))
     except OSError as exc:
+        listener.close()
         raise OSError(f"DICOM port {port} on {host} is in use: {exc.strerror}") from None
     listener.setblocking(False)
     listener.set_inheritable(True)
+    return listener
+
+
+def start_listening(listener: socket.socket) -> None:
+    """Open the port: connections are queued for the processes' accept loops.
+
+    Between bind and listen another program that sets SO_REUSEADDR may bind
+    the same port (Linux allows it while neither socket listens); whichever
+    listens second fails here.
+    """
+    try:
+        listener.listen(BACKLOG)
+    except OSError as exc:
+        host, port = listener.getsockname()[:2]
+        raise OSError(f"DICOM port {port} on {host} is in use: {exc.strerror}") from None
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """The DICOM port, bound and listening, ready to be shared with child processes."""
+    listener = bind_dicom_socket(host, port)
+    try:
+        start_listening(listener)
+    except OSError:
+        listener.close()
+        raise
     return listener
 
 

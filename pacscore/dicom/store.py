@@ -30,11 +30,15 @@ def store_dataset(
     sop_instance_uid: str = "",
 ) -> tuple[int, str]:
     """Check the caller's right, then store; return the (status, comment) to answer."""
-    settings = pacs.settings.core
-    if settings["store_from_declared_nodes_only"] and not pacs.nodes.allows(calling_ae, "store"):
-        log.warning("refused C-STORE from %s: not a declared node allowed to store", calling_ae)
-        return status.NOT_AUTHORIZED, f"{calling_ae} may not store"
+    # one connection for the rights and the store, given back before answering: this
+    # runs in the DUL thread of an association that may stay open (dicom/connections.py)
     with connection():
+        settings = pacs.settings.core
+        if settings["store_from_declared_nodes_only"] and not pacs.nodes.allows(
+            calling_ae, "store"
+        ):
+            log.warning("refused C-STORE from %s: not a declared node allowed to store", calling_ae)
+            return status.NOT_AUTHORIZED, f"{calling_ae} may not store"
         result = pacs.archive.store(
             data, transfer_syntax, calling_ae=calling_ae, called_ae=called_ae
         )

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from pacscore.models import db
 from pacscore.web import security
 from pacscore.web.common import InvalidInput
+from pacscore.web.converters import IdConverter
 from pacscore.web.menu import menu_items
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ CONTENT_SECURITY_POLICY = (
 
 def create_app(pacs, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
+    # before any blueprint: every <int:...> of every route is a bounded id
+    app.url_map.converters["int"] = IdConverter
     app.config.update(
         SECRET_KEY=pacs.config.secret_key,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -44,6 +47,11 @@ def create_app(pacs, test_config: dict | None = None) -> Flask:
     # one database connection per request, returned to the pool afterwards
     @app.before_request
     def open_database():
+        if request.endpoint == "api.health":
+            # the health check takes its own connection, within a bounded time
+            from pacscore.web.api import health_before_request
+
+            return health_before_request()
         db.connect(reuse_if_open=True)
 
     app.before_request(security.check_request)
@@ -86,6 +94,7 @@ def _register_blueprints(app: Flask) -> None:
         nodes,
         plugins,
         reset,
+        service_filters,
         settings,
         storages,
         studies,
@@ -99,6 +108,8 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(worklist.bp)
     app.register_blueprint(worklist.api)
+    app.register_blueprint(service_filters.bp)
+    app.register_blueprint(service_filters.api)
 
 
 def _wants_json() -> bool:

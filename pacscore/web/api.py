@@ -3,21 +3,20 @@
 Same rights and service filters as the console (the checks live in
 :mod:`pacscore.web.security` and :mod:`pacscore.web.studyops`).  Every input
 goes through a marshmallow schema; invalid input answers 400 with the field
-errors.  Each view carries its OpenAPI description (``@doc``), from which
-:mod:`pacscore.web.openapi` builds ``/api/v1/openapi.json``.
+errors.  Each view carries its OpenAPI description (``@doc``, from
+:mod:`pacscore.web.openapi`, which builds ``/api/v1/openapi.json`` from them).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify
 from marshmallow import Schema, ValidationError
 
-from pacscore.config import CORE_SETTINGS
-from pacscore.models import Node, Profile, Storage, User
+from pacscore.config import CORE_SETTINGS, CoreSettingsSchema
+from pacscore.models import Node, Profile, Storage, User, check_database, redact
 from pacscore.users import unlock
 from pacscore.web import audit as audit_pages
 from pacscore.web import jobs as job_pages
@@ -35,16 +34,17 @@ from pacscore.web.common import (
     load,
     load_args,
     load_json,
-    page_args,
     record,
 )
-from pacscore.web.openapi import openapi_document
+from pacscore.web.openapi import doc, openapi_document
 from pacscore.web.schemas import (
     AuditEventSchema,
     AuditQuerySchema,
     DeletedSchema,
     EchoResultSchema,
+    HealthSchema,
     InstanceSchema,
+    JobQuerySchema,
     JobRefSchema,
     JobSchema,
     NodeSchema,
@@ -66,31 +66,7 @@ from pacscore.web.security import current_user, public, require_right
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-def doc(
-    summary: str,
-    *,
-    body: type[Schema] | None = None,
-    query: type[Schema] | None = None,
-    response: type[Schema] | None = None,
-    many: bool = False,
-    status: int = 200,
-    content: str = "application/json",
-) -> Callable:
-    """Describe a view for the OpenAPI document (it changes nothing at run time)."""
-
-    def mark(view: Callable) -> Callable:
-        view.api_doc = {
-            "summary": summary,
-            "body": body,
-            "query": query,
-            "response": response,
-            "many": many,
-            "status": status,
-            "content": content,
-        }
-        return view
-
-    return mark
+ANY_OBJECT = {"type": "object"}
 
 
 def _dump(schema: type[Schema], obj: Any, many: bool = False, status: int = 200):
@@ -106,9 +82,33 @@ def _errors(exc: ValidationError) -> InvalidInput:
 
 @bp.get("/health")
 @public
-@doc("Liveness check")
+@doc(
+    "Health: the database gives a connection and answers (503 and what failed otherwise)",
+    response=HealthSchema,
+    other_responses={503: ("a part is failing (`checks` says which)", HealthSchema)},
+)
 def health():
-    return jsonify(status="ok", aet=get_pacs().config.aet)
+    checks = g.get("health_checks") or health_checks()
+    ok = all(check["status"] == "ok" for check in checks.values())
+    answer = {"status": "ok" if ok else "failing", "aet": get_pacs().config.aet, "checks": checks}
+    return jsonify(answer), 200 if ok else 503
+
+
+def health_checks() -> dict[str, dict]:
+    """Each part the server needs, checked within a bounded time (models.check_database)."""
+    database = check_database()
+    if "error" in database:  # public: never the database password
+        database["error"] = redact(database["error"], get_pacs().config.db_url)
+    return {"database": database}
+
+
+def health_before_request() -> tuple[Response, int] | None:
+    """Run before anything else of the request needs the database (the per-request
+    connection, the API's IP allow-list): a failing database still gets its 503."""
+    g.health_checks = checks = health_checks()
+    if all(check["status"] == "ok" for check in checks.values()):
+        return None
+    return health()
 
 
 @bp.get("/openapi.json")
@@ -270,7 +270,7 @@ def update_node(node_id: int):
 
 @bp.delete("/nodes/<int:node_id>")
 @require_right("manage_nodes")
-@doc("Delete a node")
+@doc("Delete a node", status=204)
 def delete_node(node_id: int):
     target = _node(node_id)
     target.delete_instance()
@@ -333,7 +333,7 @@ def update_storage(storage_id: int):
 
 @bp.delete("/storages/<int:storage_id>")
 @require_right("manage_storages")
-@doc("Delete an empty storage folder")
+@doc("Delete an empty storage folder", status=204, errors=[409])
 def delete_storage(storage_id: int):
     storage = storage_pages.storage_or_404(storage_id)
     try:
@@ -390,7 +390,7 @@ def update_user(user_id: int):
 
 @bp.delete("/users/<int:user_id>")
 @require_right("manage_users")
-@doc("Delete an account")
+@doc("Delete an account (not your own)", status=204, errors=[409])
 def delete_user(user_id: int):
     target = user_pages.user_or_404(user_id)
     if target.id == current_user().id:
@@ -451,7 +451,8 @@ def update_profile(profile_id: int):
 
 @bp.delete("/profiles/<int:profile_id>")
 @require_right("manage_users")
-@doc("Delete a profile (?replacement=NAME when users have it)", query=ProfileDeleteSchema)
+@doc("Delete a profile (?replacement=NAME when users have it)", query=ProfileDeleteSchema,
+     status=204)  # fmt: skip
 def delete_profile(profile_id: int):
     profile = user_pages.profile_or_404(profile_id)
     replacement = load_args(ProfileDeleteSchema())["replacement"]
@@ -477,7 +478,7 @@ def plugins():
 
 @bp.patch("/plugins/<name>")
 @require_right("manage_plugins")
-@doc("Enable or disable a plugin", body=PluginChangeSchema, response=PluginSchema)
+@doc("Enable or disable a plugin", body=PluginChangeSchema, partial=False, response=PluginSchema)
 def update_plugin(name: str):
     info = plugin_pages.plugin_or_404(name)
     values = load_json(PluginChangeSchema())
@@ -499,7 +500,7 @@ def _plugin_schema(name: str) -> Schema:
 
 @bp.get("/plugins/<name>/settings")
 @require_right("manage_plugins")
-@doc("A plugin's settings (fields defined by the plugin's schema)")
+@doc("A plugin's settings (fields defined by the plugin's schema)", response=ANY_OBJECT)
 def plugin_settings(name: str):
     schema = _plugin_schema(name)
     return jsonify(schema.dump(get_pacs().plugin_settings(name)))
@@ -507,7 +508,8 @@ def plugin_settings(name: str):
 
 @bp.patch("/plugins/<name>/settings")
 @require_right("manage_plugins")
-@doc("Change a plugin's settings (validated by its schema, applied at once)")
+@doc("Change a plugin's settings (validated by its schema, applied at once)", body=ANY_OBJECT,
+     response=ANY_OBJECT)  # fmt: skip
 def update_plugin_settings(name: str):
     schema = _plugin_schema(name)
     changes = json_body()
@@ -523,14 +525,15 @@ def update_plugin_settings(name: str):
 
 @bp.get("/settings")
 @require_right("configure")
-@doc("The core settings")
+@doc("The core settings", response=CoreSettingsSchema)
 def settings():
     return jsonify(CORE_SETTINGS.dump(get_pacs().settings.core))
 
 
 @bp.patch("/settings")
 @require_right("configure")
-@doc("Change core settings (only the given keys)")
+@doc("Change core settings (only the given keys)", body=CoreSettingsSchema,
+     response=CoreSettingsSchema)  # fmt: skip
 def update_settings():
     changes = json_body()
     if not isinstance(changes, dict):
@@ -555,17 +558,16 @@ def audit():
 
 @bp.get("/jobs")
 @require_right("manage_jobs")
-@doc("Background jobs, newest first (?state=pending|running|done|failed)",
-     response=JobSchema, many=True)  # fmt: skip
+@doc("Background jobs, newest first", query=JobQuerySchema, response=JobSchema, many=True)
 def jobs():
-    page, size = page_args(100, 1000)
-    rows = job_pages.jobs_query(request.args.get("state")).paginate(page, size)
+    filters = load_args(JobQuerySchema())
+    rows = job_pages.jobs_query(filters["state"]).paginate(filters["page"], filters["page_size"])
     return _dump(JobSchema, list(rows), many=True)
 
 
 @bp.post("/jobs/<int:job_id>/retry")
 @require_right("manage_jobs")
-@doc("Make a job due now", response=JobSchema)
+@doc("Make a job due now", response=JobSchema, errors=[409])
 def retry_job(job_id: int):
     pacs = get_pacs()
     if not pacs.jobs.retry_now(job_id):
@@ -576,7 +578,7 @@ def retry_job(job_id: int):
 
 @bp.delete("/jobs/<int:job_id>")
 @require_right("manage_jobs")
-@doc("Delete a job")
+@doc("Delete a job", status=204)
 def delete_job(job_id: int):
     if not get_pacs().jobs.delete(job_id):
         abort(404, "no such job")

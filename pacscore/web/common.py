@@ -13,6 +13,7 @@ from pacscore import audit
 from pacscore.web.security import client_ip, current_user
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_PAGE = 1_000_000
 
 
 class InvalidInput(Exception):
@@ -33,9 +34,33 @@ def json_body() -> Any:
     if not raw.strip():
         raise InvalidInput({"_body": ["a JSON body is required"]})
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput({"_body": [f"invalid JSON: {exc}"]}) from None
+    except RecursionError:
+        raise InvalidInput({"_body": ["invalid JSON: nested too deeply"]}) from None
+    if has_nul(data):
+        raise InvalidInput({"_body": [NUL_MESSAGE]})
+    return data
+
+
+# PostgreSQL refuses NUL in text: such input answered 500 instead of 400
+NUL_MESSAGE = "NUL characters (\\u0000) are not allowed"
+
+
+def has_nul(data: Any) -> bool:
+    """True if a string of ``data`` (JSON values, keys included) holds a NUL character."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            pending += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            pending += value
+    return False
 
 
 def load(schema: Schema, data: Any, partial: bool = False) -> dict[str, Any]:
@@ -59,6 +84,8 @@ def load_args(schema: Schema) -> dict[str, Any]:
         field = schema.fields.get(key)
         is_list = field is not None and field.__class__.__name__ == "List"
         data[key] = values if is_list else values[-1]
+        if has_nul(data[key]):
+            raise InvalidInput({key: [NUL_MESSAGE]})
     return load(schema, data)
 
 
@@ -79,7 +106,8 @@ def record(action: str, target: str = "", **details: Any) -> None:
 
 def page_args(default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
     try:
-        page = max(1, int(request.args.get("page", 1)))
+        # at most the API's last page: an offset beyond 64 bits made the database raise
+        page = min(max(1, int(request.args.get("page", 1))), MAX_PAGE)
         size = min(max_size, max(1, int(request.args.get("page_size", default_size))))
     except ValueError:
         abort(400, "page and page_size must be integers")

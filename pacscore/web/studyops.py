@@ -1,9 +1,10 @@
 """What the console and the API do with studies: search, look up, zip, delete, send.
 
 Service filters are applied here, once, so that pages, API and downloads
-agree: a user assigned to services sees only the studies whose
-InstitutionName or RequestingService is one of them.  A study the user may
-not see answers 404, exactly like a study that does not exist.
+agree: a user assigned to services (``User.services``, names of
+:class:`~pacscore.models.ServiceFilter`) sees only the studies that one of
+them matches.  A study the user may not see answers 404, exactly like a
+study that does not exist.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import abort
-from peewee import fn
+from peewee import SQL, fn
+from peewee import Node as Condition
 
 from pacscore import query
-from pacscore.models import Instance, Node, Patient, Series, Study, User
+from pacscore.models import Instance, Node, Patient, Series, ServiceFilter, Study, User
 from pacscore.users import user_services
 
 DATE_PRESETS = ("any", "today", "yesterday", "week", "month", "year", "exact", "interval")
@@ -34,13 +36,56 @@ ZIP_CHUNK = 1024 * 1024
 def visible_studies(user: User):
     """Studies joined with their patient, restricted to the user's services."""
     studies = Study.select(Study, Patient).join(Patient)
-    services = [s.strip().upper() for s in user_services(user) if s.strip()]
-    if services:
-        studies = studies.where(
-            fn.UPPER(Study.institution).in_(services)
-            | fn.UPPER(Study.requesting_service).in_(services)
-        )
-    return studies
+    condition = services_condition(user_services(user))
+    return studies if condition is None else studies.where(condition)
+
+
+def services_condition(names: list[str]) -> Condition | None:
+    """The studies a user limited to these service filters sees (None: every study).
+
+    Each name is a :class:`ServiceFilter` (looked up ignoring case); the
+    filters add up (OR).  A name no filter defines keeps the meaning service
+    names had before named filters: InstitutionName or RequestingService
+    equal to it (an authentication plugin may give such names).
+    """
+    wanted = [name.strip() for name in names if name.strip()]
+    if not wanted:
+        return None
+    defined = {f.name.casefold(): f for f in ServiceFilter.select()}
+    condition = None
+    for name in wanted:
+        found = defined.get(name.casefold())
+        part = filter_condition(found) if found else _institution_or_service(name)
+        condition = part if condition is None else condition | part
+    return condition
+
+
+def filter_condition(service_filter: ServiceFilter) -> Condition:
+    """Every non-empty criterion of the filter (AND); a filter without any matches nothing."""
+    criteria = []
+    if service_filter.institution:
+        criteria.append(_same_text(Study.institution, service_filter.institution))
+    if service_filter.requesting_service:
+        criteria.append(_same_text(Study.requesting_service, service_filter.requesting_service))
+    if service_filter.institution_or_service:
+        criteria.append(_institution_or_service(service_filter.institution_or_service))
+    if service_filter.modality:
+        criteria.append(query.match_modalities(Study.modalities, [service_filter.modality]))
+    if not criteria:
+        return SQL("1 = 0")  # never every study by mistake
+    condition = criteria[0]
+    for criterion in criteria[1:]:
+        condition = condition & criterion
+    return condition
+
+
+def _same_text(column, value: str) -> Condition:
+    # UPPER on both sides: the same function (SQLite's folds ASCII only) whatever the case
+    return fn.UPPER(column) == fn.UPPER(value.strip())
+
+
+def _institution_or_service(value: str) -> Condition:
+    return _same_text(Study.institution, value) | _same_text(Study.requesting_service, value)
 
 
 def date_range(preset: str, exact: str = "", low: str = "", high: str = "") -> str:

@@ -124,8 +124,9 @@ def _user_form(user: User | None):
     return render_template(
         "form.html",
         title=f"User {user.login}" if user else "New user",
-        intro="Services: comma-separated; the user then sees only studies whose institution "
-        "or requesting service is one of them. Leave the password empty to keep it.",
+        intro="Services: names of service filters, comma-separated; the user then sees only "
+        "the studies one of them matches (a name without a filter: institution or requesting "
+        "service equal to it). Leave the password empty to keep it.",
         specs=specs,
         values=display_values(shown, specs),
         errors=errors,

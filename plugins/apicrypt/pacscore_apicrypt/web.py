@@ -16,7 +16,9 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from marshmallow import Schema, ValidationError, fields, validate
 
 from pacscore.models import ApicryptCertificate, ApicryptIdentity, utcnow
-from pacscore.web.common import InvalidInput, get_pacs, load, record
+from pacscore.web.common import InvalidInput, get_pacs, load_args, record
+from pacscore.web.openapi import doc
+from pacscore.web.schemas import UtcDateTime
 from pacscore.web.security import require_right
 
 from . import directory
@@ -30,8 +32,52 @@ class IdentityForm(Schema):
     password = fields.String(load_default="", validate=validate.Length(max=1024))
 
 
-class SearchSchema(Schema):
+class CertificateSearchSchema(Schema):
     search = fields.String(load_default="", validate=validate.Length(max=200))
+
+
+# -- API documents (the uploads are read from request.files, not through these) --
+
+BINARY = {"type": "string", "format": "binary"}
+
+
+class IdentityUploadSchema(Schema):
+    file = fields.Raw(required=True, metadata={**BINARY, "description": "PKCS#12, or PEM"})
+    key = fields.Raw(metadata={**BINARY, "description": "the PEM key, if not in `file`"})
+    password = fields.String(validate=validate.Length(max=1024))
+
+
+class CertificateUploadSchema(Schema):
+    file = fields.Raw(required=True, metadata={**BINARY, "description": "PEM, DER or PKCS#7"})
+
+
+class IdentitySchema(Schema):
+    name = fields.String()
+    email = fields.String()
+    subject = fields.String()
+    issuer = fields.String()
+    fingerprint = fields.String(metadata={"description": "SHA-256 of the certificate, hex"})
+    not_after = UtcDateTime()
+    imported = UtcDateTime()
+
+
+class CertificateSchema(Schema):
+    id = fields.Integer()
+    email = fields.String()
+    name = fields.String()
+    subject = fields.String()
+    issuer = fields.String()
+    fingerprint = fields.String(metadata={"description": "SHA-256, hex"})
+    not_before = UtcDateTime()
+    not_after = UtcDateTime()
+
+
+class CertificateListSchema(Schema):
+    certificates = fields.List(fields.Nested(CertificateSchema))
+
+
+class CertificatesAddedSchema(Schema):
+    added = fields.List(fields.Nested(CertificateSchema))
 
 
 def read_uploads(*names: str) -> dict[str, bytes | None]:
@@ -66,19 +112,6 @@ def identity_view(row: ApicryptIdentity | None) -> dict | None:
         "fingerprint": row.fingerprint,
         "not_after": row.not_after.isoformat(),
         "imported": row.imported.isoformat(),
-    }
-
-
-def certificate_view(row) -> dict:
-    return {
-        "id": row.id,
-        "email": row.email,
-        "name": row.name,
-        "subject": row.subject,
-        "issuer": row.issuer,
-        "fingerprint": row.fingerprint,
-        "not_before": row.not_before.isoformat(),
-        "not_after": row.not_after.isoformat(),
     }
 
 
@@ -149,7 +182,7 @@ def make_page_blueprint() -> Blueprint:
             else:
                 flash(f"{len(added)} certificate address(es) added.", "success")
                 return redirect(url_for("apicrypt.certificates"))
-        search = load(SearchSchema(), dict(request.args))["search"]
+        search = load_args(CertificateSearchSchema())["search"]
         return render_template(
             "apicrypt/certificates.html", rows=directory.list_certificates(search),
             search=search, errors=errors, now=utcnow(),
@@ -188,34 +221,43 @@ def make_api_blueprint() -> Blueprint:
 
     @bp.get("/identity")
     @require_right(RIGHT)
+    @doc("Our signing identity (never its key)", response=IdentitySchema)
     def identity():
         current = identity_view(ApicryptIdentity.select().first())
         if current is None:
             abort(404, "no identity imported")
-        return jsonify(current)
+        return jsonify(IdentitySchema().dump(current))
 
     @bp.post("/identity")
     @require_right(RIGHT)
+    @doc("Import our identity (key + certificate)", body=IdentityUploadSchema,
+         body_content="multipart/form-data", response=IdentitySchema, status=201,
+         errors=[413])  # fmt: skip
     def import_identity():
         row = _api(do_import_identity)
-        return jsonify(identity_view(row)), 201
+        return jsonify(IdentitySchema().dump(identity_view(row))), 201
 
     @bp.get("/certificates")
     @require_right(RIGHT)
+    @doc("Correspondents' certificates", query=CertificateSearchSchema,
+         response=CertificateListSchema)  # fmt: skip
     def certificates():
-        search = load(SearchSchema(), dict(request.args))["search"]
-        return jsonify(
-            certificates=[certificate_view(r) for r in directory.list_certificates(search)]
-        )
+        search = load_args(CertificateSearchSchema())["search"]  # refuses NUL (PostgreSQL)
+        rows = directory.list_certificates(search)
+        return jsonify(CertificateListSchema().dump({"certificates": rows}))
 
     @bp.post("/certificates")
     @require_right(RIGHT)
+    @doc("Import correspondents' certificates", body=CertificateUploadSchema,
+         body_content="multipart/form-data", response=CertificatesAddedSchema, status=201,
+         errors=[413])  # fmt: skip
     def import_certificates():
         added = _api(do_import_certificates)
-        return jsonify(added=[certificate_view(r) for r in added]), 201
+        return jsonify(CertificatesAddedSchema().dump({"added": added})), 201
 
     @bp.delete("/certificates/<int:cert_id>")
     @require_right(RIGHT)
+    @doc("Remove a correspondent's certificate", status=204)
     def remove(cert_id: int):
         do_remove(cert_id)
         return "", 204

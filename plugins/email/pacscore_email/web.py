@@ -7,6 +7,7 @@ from flask import Blueprint, jsonify, render_template, request
 from marshmallow import Schema, ValidationError, fields
 
 from pacscore.web.common import get_pacs, load_json, record
+from pacscore.web.openapi import doc
 from pacscore.web.security import require_right
 
 RIGHT = "configure"
@@ -14,6 +15,11 @@ RIGHT = "configure"
 
 class TestMailSchema(Schema):
     address = fields.Email(required=True)
+
+
+class TestMailResultSchema(Schema):
+    sent = fields.Boolean()
+    error = fields.String(metadata={"description": "the server's refusal; empty when sent"})
 
 
 SCHEMA = TestMailSchema()
@@ -50,6 +56,8 @@ def make_blueprints() -> list[Blueprint]:
 
     @api.post("/test")
     @require_right(RIGHT)
+    @doc("Send a test e-mail now (the SMTP server's answer)", body=TestMailSchema,
+         response=TestMailResultSchema)  # fmt: skip
     def test_api():
         address = load_json(SCHEMA)["address"]
         result = try_test_mail(get_pacs(), address)

@@ -13,6 +13,8 @@ from marshmallow import Schema, fields, validate
 
 from pacscore.models import connection
 from pacscore.web.common import get_pacs, load, load_json, record
+from pacscore.web.openapi import doc
+from pacscore.web.schemas import JobRefSchema, UtcDateTime
 from pacscore.web.security import require_right
 
 from .planner import make_plan
@@ -25,6 +27,34 @@ SCOPES = ["all", "rules", "size"]
 
 class ScopeSchema(Schema):
     scope = fields.String(load_default="all", validate=validate.OneOf(SCOPES))
+
+
+class PlanItemSchema(Schema):
+    series_uid = fields.String()
+    study_uid = fields.String()
+    patient_id = fields.String()
+    modality = fields.String()
+    description = fields.String()
+    date = fields.String(metadata={"description": "YYYYMMDD the age is measured from"})
+    instances = fields.Integer()
+    bytes = fields.Integer()
+    reason = fields.String()
+    held = fields.String(metadata={"description": "why a plugin keeps it (empty: it goes)"})
+
+
+class PlanTotalsSchema(Schema):
+    series = fields.Integer()
+    studies = fields.Integer()
+    instances = fields.Integer()
+    bytes = fields.Integer()
+
+
+class PlanSchema(Schema):
+    made_at = UtcDateTime()
+    items = fields.List(fields.Nested(PlanItemSchema))
+    held = fields.List(fields.Nested(PlanItemSchema))
+    warnings = fields.List(fields.String())
+    totals = fields.Nested(PlanTotalsSchema)
 
 
 SCHEMA = ScopeSchema()
@@ -69,12 +99,15 @@ def make_blueprints() -> list[Blueprint]:
 
     @api.get("/plan")
     @require_right(VIEW_RIGHT)
+    @doc("The dry run: what a purge would delete now, and why", query=ScopeSchema,
+         response=PlanSchema)  # fmt: skip
     def plan_api():
         scope = load(SCHEMA, dict(request.args))["scope"]
-        return jsonify(make_plan(get_pacs(), scope=scope).as_dict())
+        return jsonify(PlanSchema().dump(make_plan(get_pacs(), scope=scope)))
 
     @api.post("/run")
     @require_right(RUN_RIGHT)
+    @doc("Purge now (a background job)", body=ScopeSchema, response=JobRefSchema, status=202)
     def run_api():
         scope = load_json(SCHEMA)["scope"]
         return jsonify(job_id=enqueue_run(get_pacs(), scope), state="pending"), 202

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, validate
 
 from pacscore.models import Node
 from pacscore.web.common import (
@@ -22,6 +22,7 @@ from pacscore.web.common import (
     load_json,
     record,
 )
+from pacscore.web.openapi import doc
 from pacscore.web.security import require_right
 from pacscore_router import rules as ops
 from pacscore_router.matching import ALL, ANY, NONE
@@ -33,12 +34,22 @@ BLANK_ACTION_ROWS = 2
 RULE_SCHEMA = RuleSchema()
 
 
-class EnabledSchema(Schema):
+class RuleEnabledSchema(Schema):
     enabled = fields.Boolean(required=True)
 
 
-class ResendSchema(Schema):
-    study_uid = fields.String(required=True)
+class RuleResendSchema(Schema):
+    study_uid = fields.String(
+        required=True, validate=[validate.Length(max=64), validate.Regexp(r"^[0-9]+(\.[0-9]+)*$")]
+    )
+
+
+class RuleListSchema(Schema):
+    rules = fields.List(fields.Nested(RuleSchema), metadata={"description": "by priority"})
+
+
+class ResendJobsSchema(Schema):
+    job_ids = fields.List(fields.Integer(), metadata={"description": "one send job per PUSH node"})
 
 
 # -- rule <-> form ----------------------------------------------------------------------
@@ -300,36 +311,42 @@ def make_api_blueprint() -> Blueprint:
 
     @bp.get("/rules")
     @require_right(RULES_RIGHT)
+    @doc("Routing rules", response=RuleListSchema)
     def rules():
         return jsonify(rules=ops.list_rules(get_pacs()))
 
     @bp.post("/rules")
     @require_right(RULES_RIGHT)
+    @doc("Add a rule", body=RuleSchema, response=RuleSchema, status=201)
     def create():
         return jsonify(_api_save(json_body(), None)), 201
 
     @bp.get("/rules/<path:name>")
     @require_right(RULES_RIGHT)
+    @doc("One rule", response=RuleSchema)
     def get(name: str):
         return jsonify(rule_or_404(name))
 
     @bp.put("/rules/<path:name>")
     @require_right(RULES_RIGHT)
+    @doc("Replace a rule (a new name renames it)", body=RuleSchema, response=RuleSchema)
     def replace(name: str):
         rule_or_404(name)
         return jsonify(_api_save(json_body(), name))
 
     @bp.patch("/rules/<path:name>")
     @require_right(RULES_RIGHT)
+    @doc("Enable or disable a rule", body=RuleEnabledSchema, partial=False, response=RuleSchema)
     def patch(name: str):
         rule_or_404(name)
-        on = load_json(EnabledSchema())["enabled"]
+        on = load_json(RuleEnabledSchema())["enabled"]
         ops.set_rule_enabled(get_pacs(), name, on)
         record("router_rule_enable" if on else "router_rule_disable", target=name)
         return jsonify(rule_or_404(name))
 
     @bp.delete("/rules/<path:name>")
     @require_right(RULES_RIGHT)
+    @doc("Delete a rule (sends already queued still run)", status=204)
     def delete(name: str):
         if not ops.delete_rule(get_pacs(), name):
             abort(404, "no such rule")
@@ -338,9 +355,11 @@ def make_api_blueprint() -> Blueprint:
 
     @bp.post("/rules/<path:name>/resend")
     @require_right(RESEND_RIGHT)
+    @doc("Send a study again to the rule's PUSH nodes (background jobs)", body=RuleResendSchema,
+         response=ResendJobsSchema, status=202)  # fmt: skip
     def resend(name: str):
         rule_or_404(name)
-        study_uid = check_uid(load_json(ResendSchema())["study_uid"])
+        study_uid = check_uid(load_json(RuleResendSchema())["study_uid"])
         jobs = ops.resend_study(get_pacs(), name, study_uid)
         record("router_resend", target=study_uid, rule=name, jobs=jobs)
         return jsonify(job_ids=jobs), 202
