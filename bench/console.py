@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from pacscore.models import User, connection  # noqa: E402
+from pacscore.db import connection  # noqa: E402
+from pacscore.models import User  # noqa: E402
 from pacscore.server import start_http_server  # noqa: E402
 from pacscore.users import ensure_admin  # noqa: E402
 from pacscore.web.security import new_api_token  # noqa: E402

@@ -76,7 +76,7 @@ class FlatPacscore(Pacscore):
             return Instance.select().count()
 
     def index(self):
-        from pacscore.models import bind_database, connection
+        from pacscore.db import bind_database, connection
 
         bind_database(self.db_url or "sqlite:///index.db", self.root)
         return connection()
@@ -117,7 +117,8 @@ def disk_rate(files_folder: Path, folder: Path) -> float:
 
 def fill_index(server: FlatPacscore, instances: int) -> None:
     """Add ``instances`` instance rows (and their patients, studies, series) in SQL."""
-    from pacscore.models import Instance, Patient, Series, Storage, Study, db
+    from pacscore.db import db
+    from pacscore.models import Instance, Patient, Series, Storage, Study
 
     rng = random.Random(7)
     per_study, per_series = 10, 5

@@ -32,9 +32,10 @@ import pacscore_router  # noqa: E402
 from pacscore_router.sending import queue_send  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-from pacscore.archive import read_dicom_file  # noqa: E402
+from pacscore.db import connection  # noqa: E402
+from pacscore.dicomfile.part10 import read_dicom_file  # noqa: E402
 from pacscore.jobs import JobWorkers  # noqa: E402
-from pacscore.models import Job, Node, connection  # noqa: E402
+from pacscore.models import Job, Node  # noqa: E402
 from tests.conftest import new_pacs  # noqa: E402
 from tests.dicomgen import make_instance  # noqa: E402
 
@@ -119,6 +120,7 @@ def main() -> int:
         wait_for_port(port)
         pacs = new_pacs(work / "home", args.db)
         pacs.hooks.register(pacscore_router, name="router")
+        pacs.prepare_plugin_tables()
         with connection():
             Node.create(name="dest", aet="DEST", host="127.0.0.1", port=port)
         study_uid, sop_uids = archive_instances(pacs, work / "in", args.jobs)

@@ -27,7 +27,8 @@ from pacscore_purge import make_plan, run_purge
 
 from pacscore.app import Pacs
 from pacscore.config import Config
-from pacscore.models import Instance, Patient, Series, Storage, Study, connection
+from pacscore.db import connection
+from pacscore.models import Instance, Patient, Series, Storage, Study
 from pacscore.storage import instance_relpath
 
 RULES = ["MG * 1825", "* CHEST 1460", "* * 3650", "DX Chest 0", "US épaule 400"]

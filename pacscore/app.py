@@ -16,20 +16,12 @@ from typing import Any
 from marshmallow import ValidationError
 from peewee import DatabaseError
 
-from pacscore import sql
+from pacscore import migrations, sql
 from pacscore.archive import Archive
 from pacscore.config import CORE_SETTINGS, Config
+from pacscore.db import bind_database, connection
 from pacscore.jobs import Jobs
-from pacscore.models import (
-    Node,
-    PluginFailureRecord,
-    PluginState,
-    Setting,
-    Storage,
-    bind_database,
-    connection,
-    create_tables,
-)
+from pacscore.models import Node, PluginFailureRecord, PluginState, Setting, Storage
 from pacscore.outbox import Outbox
 from pacscore.patients import Patients
 from pacscore.plugins import PluginFailure, PluginHost
@@ -129,12 +121,16 @@ class Pacs:
         # plugin name -> (stored settings text, validated settings)
         self._settings_cache: dict[str, tuple[str | None, dict[str, Any]]] = {}
         self._plugin_states_unread = False  # the last follow_plugin_states() failed
+        self._tables_ready: set[str] = set()  # plugins whose tables are prepared
+        self._tables_lock = threading.Lock()
 
     # -- start-up ----------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create missing tables and the default storage folder."""
-        create_tables()
+        """Create or upgrade the tables (the core's, then those of the plugins
+        registered), and the default storage folder."""
+        migrations.create_tables()
+        self.prepare_plugin_tables()
         with connection():
             ensure_default_profiles()
             if not Storage.select().exists():
@@ -153,6 +149,21 @@ class Pacs:
         with connection():
             disabled = {p.name for p in PluginState.select().where(~PluginState.enabled)}
         self.hooks.load_entry_points(disabled)
+        self.prepare_plugin_tables()
+
+    def prepare_plugin_tables(self) -> None:
+        """Create or upgrade the tables of the plugins registered since the last call
+        (hooks ``database_models`` and ``database_migrations``); free when none is new.
+
+        Runs once the plugins are loaded and whenever this process follows a plugin
+        switched on; tests and embedding applications call it after ``hooks.register``.
+        A plugin whose tables cannot be prepared is marked failed and unregistered.
+        """
+        with self._tables_lock:
+            registered = {name for name, plugin in self.hooks.pm.list_name_plugin() if plugin}
+            new = registered - self._tables_ready
+            if new:
+                self._tables_ready |= new - migrations.prepare_plugins(self.hooks, new)
 
     def follow_plugin_states(self) -> None:
         """Apply here the plugins enabled or disabled since in the database (by the
@@ -168,13 +179,14 @@ class Pacs:
             return
         self._plugin_states_unread = False
         self.hooks.follow(states)
+        self.prepare_plugin_tables()  # a plugin switched on gets its tables before its events
 
     # -- services for plugins ----------------------------------------------
 
     def alert(self, kind: str, message: str, **details: Any) -> None:
         """Raise an administrator alert: logged, then ``on_alert`` for every plugin."""
         log.error("alert %s: %s", kind, message)
-        self.hooks.call_each("on_alert", pacs=self, kind=kind, message=message, details=details)
+        self.hooks.relay.on_alert(pacs=self, kind=kind, message=message, details=details)
 
     def send_mail(
         self,

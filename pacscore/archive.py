@@ -8,34 +8,22 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from peewee import fn
 
 from pacscore import sql
-from pacscore.dicom import status
-from pacscore.dicom.header import (
-    Header,
-    InvalidDicom,
-    normalize_text,
-    read_header,
-)
-from pacscore.models import (
-    Instance,
-    Patient,
-    Series,
-    Study,
-    TrashedFile,
-    stores_queued_within,
-    utcnow,
-    write_transaction,
-)
+from pacscore.db import WriterKind, stores_queued_within, utcnow, write_transaction
+from pacscore.dicomfile import status
+from pacscore.dicomfile.header import Header, InvalidDicom, read_header
+from pacscore.dicomfile.part10 import PREAMBLE, encode_file_meta, read_dicom_file
+from pacscore.dicomfile.text import normalize_text
+from pacscore.models import Instance, Patient, Series, Study, TrashedFile
 from pacscore.storage import PendingWrite, StorageFolders, StorageFull, instance_relpath
 
 if TYPE_CHECKING:
@@ -43,9 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"
-IMPLEMENTATION_VERSION = "PACSCORE_01"
-PREAMBLE = b"\x00" * 128 + b"DICM"
 # a store that queued this recently behind a store of another process has company: it
 # does not hold the write lock through its fsync (see Archive._write_and_index)
 QUEUED_SECONDS = 1.0
@@ -106,32 +91,6 @@ class StoreResult:
         return self.status == status.SUCCESS
 
 
-def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00" if vr == b"UI" else b" "
-    if vr == b"OB":
-        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
-
-
-def encode_file_meta(
-    sop_class_uid: str, sop_uid: str, transfer_syntax: str, source_ae: str
-) -> bytes:
-    """File Meta Information (group 0002), explicit VR little endian, with its group length."""
-    body = b"".join(
-        [
-            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, 0x0002, b"UI", sop_class_uid.encode()),
-            _element(0x0002, 0x0003, b"UI", sop_uid.encode()),
-            _element(0x0002, 0x0010, b"UI", transfer_syntax.encode()),
-            _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
-            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
-        ]
-        + ([_element(0x0002, 0x0016, b"AE", source_ae.encode())] if source_ae else [])
-    )
-    return _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
 def _insert_or_get(model, unique: str, key: str, values: dict) -> tuple[int, bool]:
     """Insert a row unless its unique key exists; return (id, created)."""
     row_id = sql.select_value(model, "id", unique, key)
@@ -187,7 +146,7 @@ class Archive:
         size = len(PREAMBLE) + len(meta) + len(data)
         incoming = IncomingInstance(header, transfer_syntax, size, calling_ae, called_ae, source)
 
-        refusal = self.pacs.hooks.call_first("filter_store", pacs=self.pacs, instance=incoming)
+        refusal = self.pacs.hooks.relay.filter_store(pacs=self.pacs, instance=incoming)
         if refusal:
             log.warning("refused %s from %s: %s", header.sop_uid, calling_ae or source, refusal)
             return StoreResult(status.REFUSED_BY_FILTER, str(refusal)[:64])
@@ -261,7 +220,7 @@ class Archive:
                     storage,
                     relpath,
                     overwrite,
-                    sync_commit=False,
+                    writer=WriterKind.STORE,
                     before_commit=pending.wait if overlap else None,
                 )
             except BaseException:
@@ -280,13 +239,15 @@ class Archive:
         storage,
         relpath: str,
         overwrite: bool,
-        sync_commit: bool = True,
+        writer: WriterKind = WriterKind.OTHER,
         before_commit: Callable[[], object] | None = None,
     ):
         """Index one file; ``before_commit`` (waiting for the file's fsync) runs last in
-        the transaction, whose commit its exception cancels."""
+        the transaction, whose commit its exception cancels.  ``writer``: a C-STORE's
+        commit (``WriterKind.STORE``) does not wait for the disk, its file's journal
+        does."""
         now = utcnow()
-        with write_transaction(sync_commit):
+        with write_transaction(writer):
             existing_id = sql.select_value(Instance, "id", "sop_uid", h.sop_uid)
             if existing_id is not None:
                 if not overwrite:
@@ -485,8 +446,8 @@ class Archive:
         if not study_uids:
             return {}
         asked = set(study_uids)
-        answers, failed = self.pacs.hooks.call_each_reporting(
-            "retention_holds", pacs=self.pacs, study_uids=list(study_uids)
+        answers, failed = self.pacs.hooks.relay.retention_holds(
+            pacs=self.pacs, study_uids=list(study_uids)
         )
         holds: dict[str, str] = {}
         for plugin, answer in answers:
@@ -716,29 +677,3 @@ class DeletionReport:
     bytes: int = 0
     series: int = 0
     studies: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def read_part10(fp: BinaryIO) -> tuple[bytes, str]:
-    """Split a Part 10 stream into (data set bytes, transfer syntax) without decoding it."""
-    from pydicom.filereader import (  # the only reader that leaves fp after the meta
-        _read_file_meta_info,
-        read_preamble,
-    )
-
-    try:
-        if read_preamble(fp, force=False) is None:
-            raise InvalidDicom("no DICOM preamble")
-        meta = _read_file_meta_info(fp)
-    except InvalidDicom:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
-        raise InvalidDicom(f"unreadable file meta information: {exc}") from exc
-    ts = meta.get("TransferSyntaxUID")
-    if not ts:
-        raise InvalidDicom("file meta information has no Transfer Syntax UID")
-    return fp.read(), str(ts)
-
-
-def read_dicom_file(path: Path) -> tuple[bytes, str]:
-    with open(path, "rb") as fp:
-        return read_part10(fp)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pacscore.models import AuditEvent, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent
 
 
 def record(action: str, actor: str, target: str = "", source_ip: str = "", **details: Any) -> None:

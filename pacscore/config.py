@@ -37,7 +37,7 @@ class Config:
     http_port: int = 8080
     hl7_port: int = 2575
     dicom_processes: int = 0  # DICOM listener processes; 0: one per core
-    lean_store: bool = True  # C-STORE in the DUL thread (dicom/lean_store.py)
+    lean_store: bool = True  # C-STORE in the DUL thread (dicom/pynetdicom_ext/lean_store.py)
     sync_directories: bool = False  # fsync .incoming after each file (storage.py)
     keep_stored_in_cache: bool = False  # leave written files in the page cache (storage.py)
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))

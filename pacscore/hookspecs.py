@@ -5,10 +5,15 @@ may return and what happens when an implementation raises.  Implement a hook
 with ``@pacscore.hookimpl`` on a function or method of the same name; declare
 only the arguments you use (pluggy passes them by name).
 
-Unless said otherwise, the core calls every implementation of a hook *in
-isolation*: an exception in one plugin is logged and recorded (plugin, hook,
-error, time; see ``pacscore plugins list``) and the other plugins are still
-called.  A plugin never breaks a DICOM association or loses data by raising.
+Each hook also declares, once, how the core calls its implementations:
+``@hookspec(EACH)`` and the other conventions of :class:`Calling`.  The
+plugin host applies it at every call site (``pacs.hooks.relay.on_store(...)``
+or ``pacs.hooks.call("on_store", ...)``: a call site cannot choose), and the
+last paragraph of each docstring, generated from it, states it.  Most hooks
+are ``EACH``: every implementation is called *in isolation*, an exception in
+one plugin is logged and recorded (plugin, hook, error, time; see ``pacscore
+plugins list``) and the other plugins are still called.  A plugin never
+breaks a DICOM association or loses data by raising.
 
 Arguments common to many hooks:
 
@@ -19,7 +24,11 @@ Arguments common to many hooks:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -29,20 +38,104 @@ if TYPE_CHECKING:
 
     import flask
     import marshmallow
+    import peewee
 
     from pacscore.app import Pacs
     from pacscore.archive import DeletedInstance, IncomingInstance, StoredInstance
     from pacscore.jobs import JobHandler
     from pacscore.scheduler import PeriodicTask
 
-hookspec = pluggy.HookspecMarker("pacscore")
 hookimpl = pluggy.HookimplMarker("pacscore")
+_spec = pluggy.HookspecMarker("pacscore")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# --- calling conventions -------------------------------------------------------
+
+_DESCRIPTIONS = {
+    "each": "every implementation is called, each in isolation (an exception is "
+    "recorded and the others are still called); the caller gets the (plugin name, "
+    "result) pairs of the results that are not None.",
+    "each_reporting": "every implementation is called, each in isolation; the caller "
+    "gets the (plugin name, result) pairs of the results that are not None and the "
+    "names of the plugins that raised (recorded too).",
+    "first": "implementations are called in order, each in isolation, until one "
+    "returns something other than None: that result is the answer (None when none "
+    "does); an exception is recorded and counts as None.",
+    "first_strict": "implementations are called in order until one returns something "
+    "other than None: that result is the answer (None when none does).  Not "
+    "isolated: an exception stops the call and reaches the caller.",
+    "chain": "implementations are called in order, each receiving as {arg!r} the "
+    "previous one's result (None keeps the value); the caller gets the last value.  "
+    "Not isolated: an exception stops the call and reaches the caller.",
+}
+
+
+@dataclass(frozen=True)
+class Calling:
+    """How the core calls the implementations of one hook.
+
+    Declared beside the spec with :func:`hookspec` and applied by
+    :class:`pacscore.plugins.PluginHost` to every call of the hook.  In every
+    convention, implementations run in registration order (built-ins first),
+    ``tryfirst``/``trylast`` honoured.
+    """
+
+    kind: str  # each | each_reporting | first | first_strict | chain
+    arg: str | None = None  # chain: the argument handed from one implementation to the next
+
+    def __post_init__(self) -> None:
+        if self.kind not in _DESCRIPTIONS or (self.kind == "chain") != (self.arg is not None):
+            raise ValueError(f"no such calling convention: {self.kind!r} (arg {self.arg!r})")
+
+    @property
+    def firstresult(self) -> bool:
+        """pluggy's ``firstresult``: the answer is one result, not a list."""
+        return self.kind in ("first", "first_strict")
+
+    def describe(self) -> str:
+        return _DESCRIPTIONS[self.kind].format(arg=self.arg)
+
+    def __str__(self) -> str:
+        return f'CHAIN("{self.arg}")' if self.kind == "chain" else self.kind.upper()
+
+
+EACH = Calling("each")
+EACH_REPORTING = Calling("each_reporting")
+FIRST = Calling("first")
+FIRST_STRICT = Calling("first_strict")
+
+
+def CHAIN(arg: str) -> Calling:  # upper case: reads like the other conventions
+    """Pass the argument ``arg`` through every implementation."""
+    return Calling("chain", arg)
+
+
+def hookspec(calling: Calling) -> Callable[[_F], _F]:
+    """Declare a hook and how it is called: ``@hookspec(EACH)``.
+
+    The hook is a pluggy spec (with ``firstresult`` for ``FIRST`` and
+    ``FIRST_STRICT``, so pluggy and pacscore agree on the shape of the answer),
+    and its docstring gets a last paragraph stating the convention.
+    """
+    if not isinstance(calling, Calling):
+        raise TypeError(
+            f"@hookspec needs the hook's calling convention, e.g. @hookspec(EACH), not {calling!r}"
+        )
+
+    def declare(func: _F) -> _F:
+        func.pacscore_calling = calling  # type: ignore[attr-defined]
+        paragraph = textwrap.fill(f"Calling convention {calling}: {calling.describe()}", 76)
+        func.__doc__ = f"{inspect.cleandoc(func.__doc__ or '')}\n\n{paragraph}"
+        return _spec(firstresult=calling.firstresult)(func)
+
+    return declare
 
 
 # --- lifecycle -------------------------------------------------------------
 
 
-@hookspec
+@hookspec(EACH)
 def on_startup(pacs: Pacs) -> None:
     """The server has started its listeners (``pacscore serve``).
 
@@ -53,7 +146,7 @@ def on_startup(pacs: Pacs) -> None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_shutdown(pacs: Pacs) -> None:
     """The server is stopping (SIGTERM/SIGINT).
 
@@ -66,7 +159,7 @@ def on_shutdown(pacs: Pacs) -> None:
 # --- settings --------------------------------------------------------------
 
 
-@hookspec
+@hookspec(EACH)
 def settings_schema() -> marshmallow.Schema | None:
     """Return a marshmallow schema (instance) describing the plugin's settings.
 
@@ -81,10 +174,61 @@ def settings_schema() -> marshmallow.Schema | None:
     """
 
 
+# --- database ----------------------------------------------------------------
+
+
+@hookspec(EACH_REPORTING)
+def database_models() -> list[type[peewee.Model]] | None:
+    """Return the peewee models (tables) the plugin keeps in pacscore's database.
+
+    Called in every pacscore process that loads plugins (``pacscore init``,
+    ``serve`` and each DICOM listener process, the commands that load
+    plugins), once the plugin is registered and before anything queries its
+    tables, and again when the plugin is enabled while the server runs.  The
+    core then creates the missing tables and indexes, adds to an existing
+    table the columns its model gained (each new column needs a default or
+    ``null=True``), and runs the plugin's ``database_migrations`` steps not yet
+    applied.  A plugin installed later gets its tables at the next start.
+
+    Return a list of model classes that subclass
+    :class:`pacscore.models.BaseModel` (bound to the core's database), with
+    table names of their own (not a core table's); ``None`` or nothing if the
+    plugin has no tables.  Models must not change between calls.
+
+    An exception, or an answer that is not such a list, is recorded; the plugin
+    is marked failed and unregistered (none of its hooks are called, as for a
+    plugin that fails to import) and its tables are not created or changed.
+    The server still starts.
+    """
+
+
+@hookspec(EACH_REPORTING)
+def database_migrations() -> list[tuple[str, Callable[[], None]]] | None:
+    """Return the plugin's named schema upgrade steps, in the order they run.
+
+    Called right after ``database_models`` (same processes, same moments).
+    Each ``(name, function)`` runs once per database, in its own
+    transaction, with a connection open, and is recorded in
+    ``AppliedMigration`` as ``"<plugin>:<name>"``: never rename or reorder a
+    step that was released.  Only what adding a field cannot do needs a step
+    (a rename, a type change, data to move or fill in): new tables, indexes
+    and columns are the ``database_models`` machinery's.  When every table of
+    the plugin is new (its first start on this database, a fresh install),
+    its steps are recorded without running: the models already have the shape
+    the steps produce.  A plugin without models runs its steps at its first
+    start.
+
+    Return a list of pairs, or ``None``.  An exception here or in a step is
+    recorded and rolls that step back: the plugin is marked failed and
+    unregistered, the steps after it do not run, and the next start tries
+    again.  The server still starts.
+    """
+
+
 # --- storage -----------------------------------------------------------------
 
 
-@hookspec
+@hookspec(FIRST)
 def filter_store(pacs: Pacs, instance: IncomingInstance) -> str | None:
     """Decide whether an incoming instance may be stored, before it is written.
 
@@ -101,7 +245,7 @@ def filter_store(pacs: Pacs, instance: IncomingInstance) -> str | None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_store(pacs: Pacs, instance: StoredInstance) -> None:
     """An instance was stored: its file is durable and its index row committed.
 
@@ -115,7 +259,7 @@ def on_store(pacs: Pacs, instance: StoredInstance) -> None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def event_wanted(pacs: Pacs, hook: str) -> bool | None:
     """Whether this plugin needs the calls of its event hook ``hook`` now.
 
@@ -127,7 +271,9 @@ def event_wanted(pacs: Pacs, hook: str) -> bool | None:
     such an event (a router without per-instance rules); ``None`` or ``True``
     when it may.  An event that no implementation of ``hook`` wants is not
     recorded at all, which saves the outbox row and the dispatcher's work
-    (about a tenth of the CPU of storing a small instance).  It is only a
+    (about a tenth of the CPU of storing a small instance).  The core asks
+    the plugins implementing ``hook`` one at a time (``PluginHost.wanted``),
+    each in isolation, and stops at the first that wants it.  It is only a
     hint: when another plugin wants the event, every implementation is
     called, so the hook itself must still check.  A plugin that does not
     implement ``event_wanted`` wants every event; an exception is recorded
@@ -135,7 +281,7 @@ def event_wanted(pacs: Pacs, hook: str) -> bool | None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_study_stable(pacs: Pacs, study_uid: str, patient_id: str, num_instances: int) -> None:
     """No new instance arrived for a study during ``study_stable_seconds``.
 
@@ -146,7 +292,7 @@ def on_study_stable(pacs: Pacs, study_uid: str, patient_id: str, num_instances: 
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_delete(pacs: Pacs, instance: DeletedInstance) -> None:
     """An instance was removed from the archive (index row and file).
 
@@ -157,7 +303,7 @@ def on_delete(pacs: Pacs, instance: DeletedInstance) -> None:
     """
 
 
-@hookspec
+@hookspec(EACH_REPORTING)
 def retention_holds(pacs: Pacs, study_uids: list[str]) -> dict[str, str] | None:
     """Say which of these studies must not be deleted automatically yet.
 
@@ -171,23 +317,38 @@ def retention_holds(pacs: Pacs, study_uids: list[str]) -> dict[str, str] | None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_alert(pacs: Pacs, kind: str, message: str, details: dict[str, Any]) -> None:
     """Something an administrator must know about happened.
 
-    ``kind`` is one of ``storage_full`` (no storage folder can take a new
-    file), ``low_disk_space`` (free space under a folder's limit),
-    ``file_save_error`` (writing or indexing a file failed) or a
-    plugin-defined kind.  Fires in the thread that noticed the problem;
-    implementations must return quickly (queue a mail job, do not send it
-    inline).  Return nothing; exceptions are recorded.
+    Fires whenever code holding the ``pacs`` calls ``pacs.alert(kind,
+    message, **details)``.  The core's kinds, and their ``details``:
+
+    - ``storage_full``: no enabled storage folder can take an incoming file
+      above its free-space limit; the instance is refused (``sop_uid``,
+      ``size``).
+    - ``storage_unavailable``: the disk check (every minute) cannot read a
+      storage folder's free space (``storage``); raised at each check while
+      it lasts.
+    - ``low_disk_space``: a folder's free space is under the core setting
+      ``low_disk_alert_mb`` (``storage``, ``free_mb``); at most once an hour
+      per folder.
+    - ``file_save_error``: writing an incoming file failed (``storage``) or
+      indexing it failed (no details); the instance is refused.
+
+    Plugins raise kinds of their own (the bundled ``ldap_auth`` raises
+    ``ldap_unavailable``): an implementation ignores the kinds it does not
+    know.  Fires in the thread that noticed the problem (an association,
+    the scheduler, a web request); implementations must return quickly
+    (queue a mail job, do not send it inline).  Return nothing; an
+    exception is recorded and never reaches the code that raised the alert.
     """
 
 
 # --- scheduled work ----------------------------------------------------------
 
 
-@hookspec
+@hookspec(EACH)
 def periodic_tasks(pacs: Pacs) -> list[PeriodicTask] | None:
     """Return the periodic tasks the plugin wants run.
 
@@ -200,7 +361,7 @@ def periodic_tasks(pacs: Pacs) -> list[PeriodicTask] | None:
     """
 
 
-@hookspec
+@hookspec(EACH)
 def job_handlers(pacs: Pacs) -> dict[str, JobHandler] | None:
     """Return the job kinds the plugin runs: ``{kind: JobHandler}``.
 
@@ -224,7 +385,7 @@ def job_handlers(pacs: Pacs) -> dict[str, JobHandler] | None:
 # --- worklist, users, console (fired by later capabilities) -------------------
 
 
-@hookspec
+@hookspec(EACH)
 def on_worklist_change(
     pacs: Pacs, before: dict[str, Any] | None, after: dict[str, Any] | None
 ) -> None:
@@ -239,7 +400,7 @@ def on_worklist_change(
     """
 
 
-@hookspec
+@hookspec(EACH)
 def on_login(pacs: Pacs, login: str, success: bool, method: str, source_ip: str) -> None:
     """A login was attempted on the console or the API, successful or not.
 
@@ -249,7 +410,7 @@ def on_login(pacs: Pacs, login: str, success: bool, method: str, source_ip: str)
     """
 
 
-@hookspec(firstresult=True)
+@hookspec(FIRST)
 def authenticate(pacs: Pacs, login: str, password: str) -> dict[str, Any] | None:
     """Accept or refuse credentials before the local password check.
 
@@ -267,7 +428,7 @@ def authenticate(pacs: Pacs, login: str, password: str) -> dict[str, Any] | None
     """
 
 
-@hookspec
+@hookspec(EACH)
 def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
     """Contribute console pages or API routes: call ``app.register_blueprint``.
 
@@ -282,7 +443,7 @@ def register_blueprints(pacs: Pacs, app: flask.Flask) -> None:
 # --- mail ---------------------------------------------------------------------
 
 
-@hookspec
+@hookspec(CHAIN("message"))
 def prepare_mail(pacs: Pacs, message: EmailMessage) -> EmailMessage | None:
     """Transform an outgoing e-mail before it is delivered.
 
@@ -302,7 +463,7 @@ def prepare_mail(pacs: Pacs, message: EmailMessage) -> EmailMessage | None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec(FIRST_STRICT)
 def deliver_mail(pacs: Pacs, message: EmailMessage) -> bool | None:
     """Deliver an e-mail (after ``prepare_mail``).
 
@@ -320,7 +481,7 @@ def deliver_mail(pacs: Pacs, message: EmailMessage) -> bool | None:
 # --- command line -------------------------------------------------------------
 
 
-@hookspec
+@hookspec(EACH)
 def cli_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``pacscore`` subcommands: ``subparsers.add_parser("name", ...)``.
 

@@ -7,21 +7,12 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import dcmwrite
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-
-from pacscore.archive import read_dicom_file, read_part10
-from pacscore.dicom.header import InvalidDicom, read_header
-from pacscore.models import Instance, Storage, connection
+from pacscore.db import connection
+from pacscore.dicomfile.header import InvalidDicom, read_header
+from pacscore.dicomfile.part10 import load_dataset_bytes, read_dicom_file
+from pacscore.models import Instance, Storage
 from pacscore.storage import INCOMING
 
 
@@ -60,44 +51,6 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
                     yield Path(root) / name
         else:
             yield path
-
-
-def load_dataset_bytes(path: Path) -> tuple[bytes, str]:
-    """(data set bytes, transfer syntax) of a complete file; files without a
-    DICOM preamble or file meta are re-encoded with one, other files are kept
-    as is."""
-    try:
-        return read_dicom_file(path)  # Archive.store refuses an incomplete one
-    except InvalidDicom:
-        pass
-    try:
-        ds = dcmread(path, force=True)
-        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            raise InvalidDicom("not a DICOM file")
-        if "TransferSyntaxUID" not in ds.file_meta:
-            # name the encoding pydicom found, or the file cannot be re-encoded
-            implicit, little = ds.original_encoding
-            ts = (
-                ImplicitVRLittleEndian
-                if implicit
-                else ExplicitVRLittleEndian
-                if little
-                else ExplicitVRBigEndian
-            )
-            if not ds.file_meta and ds.preamble is None:
-                # a bare data set: pydicom reads a truncated one without complaint
-                read_header(path.read_bytes(), ts)
-            ds.file_meta.TransferSyntaxUID = ts
-        buffer = BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-    except InvalidDicom:
-        raise
-    except InvalidDicomError:
-        raise InvalidDicom("not a DICOM file") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
-        raise InvalidDicom(f"not a readable DICOM file: {exc}") from exc
-    buffer.seek(0)
-    return read_part10(buffer)
 
 
 def import_paths(pacs, paths: list[Path], progress: bool = True) -> ImportReport:

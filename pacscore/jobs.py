@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pacscore.models import Job, connection, is_sqlite, utcnow, write_transaction
+from pacscore.db import connection, is_sqlite, utcnow, write_transaction
+from pacscore.models import Job
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs
@@ -122,7 +123,7 @@ class Jobs:
     def collect_handlers(self) -> dict[str, JobHandler]:
         """(Re)collect the handlers of every plugin's ``job_handlers``."""
         handlers: dict[str, JobHandler] = {}
-        for plugin, contributed in self.pacs.hooks.call_each_named("job_handlers", pacs=self.pacs):
+        for plugin, contributed in self.pacs.hooks.relay.job_handlers(pacs=self.pacs):
             for kind, handler in dict(contributed).items():
                 if not isinstance(handler, JobHandler):
                     error = TypeError(f"handler of job kind {kind!r} is not a JobHandler")

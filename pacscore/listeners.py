@@ -4,7 +4,7 @@ pynetdicom runs each association in a thread, so one process uses one core
 for DICOM (the GIL).  ``pacscore serve`` therefore binds the DICOM port and
 starts ``dicom_processes - 1`` child processes (``pacscore dicom-listener``)
 that accept from that same socket, the least busy process taking each new
-connection (``dicom/shared_listener.py``).  Each child has its own ``Pacs``
+connection (``dicom/pynetdicom_ext/shared_listener.py``).  Each child has its own ``Pacs``
 and plugin host and serves every DICOM service (C-STORE, C-FIND, C-MOVE,
 C-GET); only the parent runs the HTTP server, the outbox dispatcher, the job
 workers, the scheduler and the ``on_startup`` plugins, so that background
@@ -258,13 +258,14 @@ def warm_up(pacs) -> None:
     next ones).  Read-only; a failure (the database not reachable yet) is only
     logged, the first store will tell."""
     from pacscore import sql
-    from pacscore.models import Instance, connection
+    from pacscore.db import connection
+    from pacscore.models import Instance
 
     try:
         with connection():
             _ = pacs.settings.core
             sql.select_value(Instance, "id", "sop_uid", "")
-            pacs.hooks.event_wanted("on_store", pacs)
+            pacs.hooks.wanted("on_store", pacs)
     except Exception:  # noqa: BLE001 - only a warm-up
         log.warning("warm-up before accepting associations failed", exc_info=True)
 
@@ -273,8 +274,8 @@ def run_listener(pacs, listen_fd: int) -> None:
     """Body of ``pacscore dicom-listener``: serve DICOM on the parent's listening
     socket (inherited as ``listen_fd``) until SIGTERM, from when the parent opens
     the port (the start gate)."""
-    from pacscore.dicom.server import make_dicom_server, start_accepting
-    from pacscore.dicom.shared_listener import adopt_listening_socket
+    from pacscore.dicom.pynetdicom_ext.shared_listener import adopt_listening_socket
+    from pacscore.dicom.scp import make_dicom_server, start_accepting
 
     die_with_parent()
     stop = threading.Event()

@@ -119,9 +119,9 @@ def deliver(pacs: Pacs, payload: dict[str, Any]) -> EmailMessage:
     except (KeyError, TypeError, ValueError) as exc:
         # a payload that cannot become a message never will
         raise PermanentJobError(f"invalid mail: {exc}") from exc
-    message = pacs.hooks.call_chain("prepare_mail", message, "message", pacs=pacs)
+    message = pacs.hooks.relay.prepare_mail(pacs=pacs, message=message)
     del message[KIND_HEADER]
-    if not pacs.hooks.call_first_strict("deliver_mail", pacs=pacs, message=message):
+    if not pacs.hooks.relay.deliver_mail(pacs=pacs, message=message):
         raise NoMailDelivery(
             "no plugin delivers e-mail: install and configure pacscore-email (SMTP)"
         )

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pacscore import sql
 from pacscore.archive import DeletedInstance, StoredInstance
-from pacscore.models import OutboxEvent, Patient, Study, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import OutboxEvent, Patient, Study
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs
@@ -60,14 +61,14 @@ class Outbox:
         for one whose implementations all say they do not want it now
         (the ``event_wanted`` hook).
         """
-        if not self.pacs.hooks.event_wanted(hook, self.pacs):
+        if not self.pacs.hooks.wanted(hook, self.pacs):
             return
         payload = json.dumps({k: _encode(v) for k, v in kwargs.items()})
         sql.insert(OutboxEvent, {"hook": hook, "payload": payload})
 
     def enqueue_many(self, hook: str, calls: list[dict[str, Any]]) -> None:
         """Record several calls of one hook (each a dict of arguments) in one statement."""
-        if not calls or not self.pacs.hooks.event_wanted(hook, self.pacs):
+        if not calls or not self.pacs.hooks.wanted(hook, self.pacs):
             return
         rows = [
             {"hook": hook, "payload": json.dumps({k: _encode(v) for k, v in call.items()})}
@@ -89,7 +90,7 @@ class Outbox:
             events = list(OutboxEvent.select().order_by(OutboxEvent.id).limit(self.BATCH))
             for event in events:
                 kwargs = {k: _decode(v) for k, v in json.loads(event.payload).items()}
-                self.pacs.hooks.call_each(event.hook, pacs=self.pacs, **kwargs)
+                self.pacs.hooks.call(event.hook, pacs=self.pacs, **kwargs)
             # one commit per batch: a crash redelivers the batch (at least once)
             if events:
                 OutboxEvent.delete().where(OutboxEvent.id.in_([e.id for e in events])).execute()
@@ -110,8 +111,7 @@ class Outbox:
                 .limit(self.BATCH)
             )
             for study in studies:
-                self.pacs.hooks.call_each(
-                    "on_study_stable",
+                self.pacs.hooks.relay.on_study_stable(
                     pacs=self.pacs,
                     study_uid=study.study_uid,
                     patient_id=study.patient.patient_id,

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from peewee import fn
 
 from pacscore import audit
-from pacscore.models import PasswordResetToken, User, WebSession, db, utcnow
+from pacscore.db import db, utcnow
+from pacscore.models import PasswordResetToken, User, WebSession
 from pacscore.users import set_password, unlock
 
 if TYPE_CHECKING:

@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pacscore.dicom.header import normalize_text
-from pacscore.models import Patient, Study, connection, write_transaction
+from pacscore.db import connection, write_transaction
+from pacscore.dicomfile.text import normalize_text
+from pacscore.models import Patient, Study
 from pacscore.worklist import WorklistError
 
 if TYPE_CHECKING:

@@ -14,8 +14,9 @@ from typing import Any
 from peewee import SQL, Node, NodeList, Value, fn
 from pydicom.multival import MultiValue
 
-from pacscore.dicom.header import normalize_text
-from pacscore.models import Instance, Patient, Series, Study, is_sqlite
+from pacscore.db import is_sqlite
+from pacscore.dicomfile.text import normalize_text
+from pacscore.models import Instance, Patient, Series, Study
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pacscore.models import connection
+from pacscore.db import connection
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs
@@ -35,7 +35,7 @@ class Scheduler(threading.Thread):
         self.tasks: list[PeriodicTask] = []
 
     def collect(self) -> None:
-        for plugin, tasks in self.pacs.hooks.call_each_named("periodic_tasks", pacs=self.pacs):
+        for plugin, tasks in self.pacs.hooks.relay.periodic_tasks(pacs=self.pacs):
             for task in tasks:
                 task.plugin = task.plugin or plugin
                 self.tasks.append(task)

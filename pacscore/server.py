@@ -20,8 +20,10 @@ from pathlib import Path
 
 from waitress.server import create_server
 
-from pacscore.dicom.server import make_dicom_server, start_accepting
-from pacscore.dicom.shared_listener import bind_dicom_socket, start_listening
+from pacscore.db import connection
+from pacscore.dicom.pynetdicom_ext import require_tested_pynetdicom
+from pacscore.dicom.pynetdicom_ext.shared_listener import bind_dicom_socket, start_listening
+from pacscore.dicom.scp import make_dicom_server, start_accepting
 from pacscore.jobs import JobWorkers
 from pacscore.listeners import (
     ACCEPTING,
@@ -33,7 +35,6 @@ from pacscore.listeners import (
     freeze_startup_objects,
     warm_up,
 )
-from pacscore.models import connection
 from pacscore.outbox import Dispatcher
 from pacscore.scheduler import Scheduler
 from pacscore.web import create_app
@@ -74,6 +75,8 @@ def lock_home(home: Path, wait_seconds: float = 5.0):
 
 def serve(pacs, log_level: str = "INFO") -> None:
     config = pacs.config
+    # an untested pynetdicom is refused before anything starts (UnsupportedPynetdicom)
+    require_tested_pynetdicom()
     home_lock = lock_home(config.home)
     pacs.recover()
     stop = threading.Event()
@@ -103,7 +106,7 @@ def serve(pacs, log_level: str = "INFO") -> None:
         scheduler.collect()
     scheduler.start()
     with connection():
-        pacs.hooks.call_each("on_startup", pacs=pacs)
+        pacs.hooks.relay.on_startup(pacs=pacs)
     accepting = open_dicom_port(dicom, dicom_socket, listeners, stop)
     if accepting:
         log.info("pacscore ready (%d DICOM listener processes)", processes)
@@ -114,7 +117,7 @@ def serve(pacs, log_level: str = "INFO") -> None:
         pacs.follow_plugin_states()
     log.info("stopping")
     with connection():
-        pacs.hooks.call_each("on_shutdown", pacs=pacs)
+        pacs.hooks.relay.on_shutdown(pacs=pacs)
     listeners.stop()
     if accepting:
         dicom.shutdown()

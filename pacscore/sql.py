@@ -15,7 +15,7 @@ from typing import Any
 
 from peewee import Model
 
-from pacscore.models import db
+from pacscore.db import db
 
 
 class Statements:

@@ -44,7 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pacscore.models import Instance, Storage, TrashedFile, connection, make_commits_durable
+from pacscore.db import connection, make_commits_durable
+from pacscore.models import Instance, Storage, TrashedFile
 
 log = logging.getLogger(__name__)
 

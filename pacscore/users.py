@@ -12,7 +12,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pacscore import audit
-from pacscore.models import User, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import User
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs
@@ -85,8 +86,7 @@ def log_in(pacs: Pacs, login: str, password: str, source_ip: str = "") -> LoginR
     with connection():
         result = _decide(pacs, login, password)
         _count_attempt(pacs, login, result)
-    pacs.hooks.call_each(
-        "on_login",
+    pacs.hooks.relay.on_login(
         pacs=pacs,
         login=login,
         success=result.success,
@@ -112,7 +112,7 @@ def _decide(pacs: Pacs, login: str, password: str) -> LoginResult:
         return LoginResult(False, reason="account disabled")
     if user is not None and is_locked(user):
         return LoginResult(False, reason="account locked")
-    verdict = pacs.hooks.call_first("authenticate", pacs=pacs, login=login, password=password)
+    verdict = pacs.hooks.relay.authenticate(pacs=pacs, login=login, password=password)
     if verdict is not None:
         method = str(verdict.get("method", "plugin"))
         if not verdict.get("accepted"):

@@ -21,14 +21,9 @@ from peewee import Node
 from pydicom.uid import generate_uid
 
 from pacscore import query
-from pacscore.dicom.header import normalize_text
-from pacscore.models import (
-    RequestedProcedure,
-    ScheduledStep,
-    connection,
-    utcnow,
-    write_transaction,
-)
+from pacscore.db import connection, utcnow, write_transaction
+from pacscore.dicomfile.text import normalize_text
+from pacscore.models import RequestedProcedure, ScheduledStep
 
 if TYPE_CHECKING:
     from pacscore.app import Pacs

@@ -307,6 +307,7 @@ def new_pacs(home: Path, db_url: str, *plugins: object):
     pacs.hooks.load_builtins()
     for plugin in plugins:
         pacs.hooks.register(plugin, name=type(plugin).__name__.lower())
+    pacs.prepare_plugin_tables()  # as load_plugins does
     return pacs
 
 

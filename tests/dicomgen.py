@@ -7,7 +7,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pacscore.archive import read_dicom_file
+from pacscore.dicomfile.part10 import read_dicom_file
 
 
 def make_instance(

@@ -1,6 +1,6 @@
 """What the listener accepts: explicit VR first among the storage syntaxes, from
 presentation contexts that each association shares with the server
-(pacscore/dicom/shared_contexts.py)."""
+(pacscore/dicom/pynetdicom_ext/shared_contexts.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from pacscore.dicom import server as server_module
+from pacscore.dicom import scp as server_module
 from pacscore.dicom.scu import client_ae
 from tests.conftest import free_port
 

@@ -26,17 +26,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from pacscore.models import (
-    ALL_MODELS,
-    AppliedMigration,
-    Job,
-    SchemaVersion,
-    Study,
-    User,
-    connection,
-    db,
-    utcnow,
-)
+from pacscore.db import connection, db, utcnow
+from pacscore.models import AppliedMigration, Job, SchemaVersion, Study, User
 from pacscore.users import hash_password
 from pacscore.web.converters import MAX_ID
 from pacscore.web.openapi import undocumented_routes
@@ -60,6 +51,7 @@ def plugin_pacs(home: Path, db_url: str):
     """A Pacs with the built-ins and every installed plugin, as ``pacscore serve`` loads them."""
     pacs = new_pacs(home, db_url)
     pacs.hooks.load_entry_points()
+    pacs.prepare_plugin_tables()
     return pacs
 
 
@@ -357,9 +349,10 @@ def empty_database(db_url: str) -> None:
     """Delete every row (PostgreSQL: a new database per site took 1.6 s)."""
     if db_url.startswith("sqlite"):
         return  # a new home, a new file
-    kept = (SchemaVersion, AppliedMigration)  # the schema is the same
-    tables = ", ".join(f'"{m._meta.table_name}"' for m in ALL_MODELS if m not in kept)
+    kept = {m._meta.table_name for m in (SchemaVersion, AppliedMigration)}  # same schema
     with connection():
+        # the core's tables and the plugins'
+        tables = ", ".join(f'"{name}"' for name in db.get_tables() if name not in kept)
         if db.table_exists(SchemaVersion._meta.table_name):
             db.execute_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 

@@ -13,18 +13,10 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacscore.cli import add_plugin_commands
+from pacscore.db import connection, utcnow
 from pacscore.hookspecs import hookimpl
 from pacscore.importer import check_index
-from pacscore.models import (
-    AuditEvent,
-    Instance,
-    Patient,
-    Series,
-    Study,
-    TrashedFile,
-    connection,
-    utcnow,
-)
+from pacscore.models import AuditEvent, Instance, Patient, Series, Study, TrashedFile
 from pacscore.plugins import PluginHost
 from tests.dicomgen import dataset_bytes, make_instance
 

@@ -454,7 +454,8 @@ def test_storage_add_list_set(pacs_home, tmp_path):
 
 
 def test_init_admin_password_is_stored_hashed(pacs_home):
-    from pacscore.models import User, bind_database, connection
+    from pacscore.db import bind_database, connection
+    from pacscore.models import User
     from pacscore.users import verify_password
 
     pacs_home.cli("init", "--admin-password", "s3cret-Admin")

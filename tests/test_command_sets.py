@@ -1,4 +1,5 @@
-"""Command sets encoded by pacscore/dicom/command_sets.py are pydicom's, byte for byte."""
+"""Command sets encoded by pacscore/dicom/pynetdicom_ext/command_sets.py are pydicom's,
+byte for byte."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 from pynetdicom import dimse_messages, dimse_primitives
 from pynetdicom.dsutils import encode as pydicom_encode
 
-from pacscore.dicom import command_sets
+from pacscore.dicom import pynetdicom_ext
+from pacscore.dicom.pynetdicom_ext import command_sets
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # odd length
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -164,7 +166,7 @@ MESSAGES = {
 @pytest.fixture(autouse=True)
 def installed():
     # as the listener and client_ae install it: the Command Group Length is then ours too
-    command_sets.install()
+    pynetdicom_ext.install_client()
 
 
 def message_for(message_class: str, prim):

@@ -1,4 +1,4 @@
-"""The byte scanner of read_header (pacscore/dicom/header_scan.py) gives exactly what
+"""The byte scanner of read_header (pacscore/dicomfile/header_scan.py) gives exactly what
 the pydicom path gives, or declines; a data set cut short is always refused.
 
 ``read_header_pydicom`` is the reference; ``_scan_header`` is the fast path alone
@@ -25,10 +25,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pacscore.archive import read_dicom_file
-from pacscore.dicom import header as header_module
-from pacscore.dicom.header import InvalidDicom, read_header, read_header_pydicom
-from pacscore.dicom.header_scan import Fallback
+from pacscore.dicomfile import header as header_module
+from pacscore.dicomfile.header import InvalidDicom, read_header, read_header_pydicom
+from pacscore.dicomfile.header_scan import Fallback
+from pacscore.dicomfile.part10 import read_dicom_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

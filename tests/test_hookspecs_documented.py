@@ -1,9 +1,11 @@
 """The hook contracts are documented, and the plugin host keeps them.
 
-Every hookspec has a docstring saying when it fires and what an exception
-does, and appears in the hook table of docs/plugin-guide.md (and the table
-names no hook that does not exist).  The rest checks, in-process on fresh
-:class:`PluginHost` objects, the isolation promises that the guide makes.
+Every hookspec declares its calling convention and has a docstring saying
+when it fires and what an exception does, and appears, with its convention,
+in the hook table of docs/plugin-guide.md (and the table names no hook that
+does not exist).  The rest checks, in-process on fresh :class:`PluginHost`
+objects, that the host applies each convention and the isolation promises
+that the guide makes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import pluggy
 import pytest
 
 from pacscore import hookimpl, hookspecs
+from pacscore.hookspecs import Calling
 from pacscore.plugins import PluginHost
 
-PLUGIN_GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugin-guide.md"
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_GUIDE = ROOT / "docs" / "plugin-guide.md"
 
 
 def hookspec_functions() -> dict[str, object]:
@@ -35,6 +39,12 @@ HOOKS = sorted(hookspec_functions())
 def guide_table_hooks() -> list[str]:
     """Hook names in the first column of the guide's hook table(s)."""
     return re.findall(r"^\|\s*`([a-z_]+)`\s*\|", PLUGIN_GUIDE.read_text(), re.MULTILINE)
+
+
+def guide_table_callings() -> dict[str, str]:
+    """Hook name -> the second column (its calling convention) of the guide's hook table."""
+    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|\s*`([^`|]+)`\s*\|", PLUGIN_GUIDE.read_text(), re.M)
+    return dict(rows)
 
 
 def test_hookspecs_are_found():
@@ -55,6 +65,53 @@ def test_hookspec_docstring_says_when_it_fires_and_what_an_exception_does(name):
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_is_in_the_plugin_guide_table(name):
     assert name in guide_table_hooks(), f"add a row for `{name}` to {PLUGIN_GUIDE.name}"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_declares_its_calling_convention_and_its_docstring_states_it(name):
+    spec = hookspecs_functions_calling(name)
+    assert isinstance(spec, Calling), f"declare {name} with @hookspec(EACH) or another convention"
+    doc = " ".join(inspect.getdoc(hookspec_functions()[name]).split())
+    stated = " ".join(f"Calling convention {spec}: {spec.describe()}".split())
+    assert doc.endswith(stated), f"{name}: the docstring must end with its convention"
+    # pluggy's own firstresult agrees, for anyone reading the spec with pluggy's eyes
+    assert hookspec_functions()[name].pacscore_spec["firstresult"] == spec.firstresult
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_the_guide_table_states_the_declared_calling_convention(name):
+    assert guide_table_callings().get(name) == str(hookspecs_functions_calling(name)), (
+        f"the second column of `{name}` in {PLUGIN_GUIDE.name}"
+    )
+
+
+def hookspecs_functions_calling(name: str) -> Calling | None:
+    return getattr(hookspec_functions()[name], "pacscore_calling", None)
+
+
+def test_a_hookspec_without_a_calling_convention_is_refused():
+    def on_something(pacs):
+        """A hook someone forgot to give a convention."""
+
+    with pytest.raises(TypeError, match=r"calling convention, e\.g\. @hookspec\(EACH\)"):
+        hookspecs.hookspec(on_something)  # a bare @hookspec
+    with pytest.raises(TypeError):
+        hookspecs.hookspec(firstresult=True)  # pluggy's way: the convention says it
+
+
+def test_no_call_site_chooses_a_convention():
+    """Only the plugin host walks a hook's implementations; everyone else calls
+    ``pacs.hooks.relay.<hook>(...)`` / ``pacs.hooks.call(name, ...)``."""
+    offenders = []
+    for folder in ("pacscore", "plugins"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "pacscore" / "plugins.py":
+                continue
+            source = path.read_text()
+            for pattern in ("get_hookimpls", ".pm.hook", "impl.function"):
+                if pattern in source:
+                    offenders.append(f"{path.relative_to(ROOT)}: {pattern}")
+    assert offenders == []
 
 
 def test_plugin_guide_table_names_only_existing_hooks():
@@ -99,7 +156,7 @@ def host():
 
 
 def alert(host: PluginHost, kind: str = "storage_full") -> list:
-    return host.call_each("on_alert", pacs=None, kind=kind, message="m", details={})
+    return host.relay.on_alert(pacs=None, kind=kind, message="m", details={})
 
 
 def test_a_raising_implementation_does_not_stop_the_others(host):
@@ -149,27 +206,34 @@ class Suffix:
         return None if self.suffix is None else message + self.suffix
 
 
-def test_call_each_returns_the_non_none_results(host):
+def authenticate(host: PluginHost):
+    return host.relay.authenticate(pacs=None, login="u", password="p")
+
+
+def prepare(host: PluginHost, message: str = "mail"):
+    return host.relay.prepare_mail(pacs=None, message=message)
+
+
+def test_each_returns_the_plugins_non_none_results(host):
     for name, value in (("a", 1), ("b", None), ("c", 3)):
         host.register(Schema(value), name=name)
-    assert sorted(host.call_each("settings_schema")) == [1, 3]
-    assert sorted(host.call_each_named("settings_schema")) == [("a", 1), ("c", 3)]
+    assert host.relay.settings_schema() == [("a", 1), ("c", 3)]
+    assert host.call("settings_schema") == [("a", 1), ("c", 3)]  # the same, named at run time
+    assert host.call_plugin("c", "settings_schema") == [("c", 3)]
+    assert host.settings_schema("c") == 3 and host.settings_schema("b") is None
 
 
-def test_call_first_returns_the_first_non_none_result(host):
+def test_first_returns_the_first_non_none_result(host):
     host.register(Answer(None), name="undecided")
     host.register(Answer({"accepted": True, "method": "ldap"}), name="ldap")
     host.register(Answer(None), name="also-undecided")
-    assert host.call_first("authenticate", pacs=None, login="u", password="p") == {
-        "accepted": True,
-        "method": "ldap",
-    }
+    assert authenticate(host) == {"accepted": True, "method": "ldap"}
     host = PluginHost()
     host.register(Answer(None), name="undecided")
-    assert host.call_first("authenticate", pacs=None, login="u", password="p") is None
+    assert authenticate(host) is None
 
 
-def test_call_first_treats_a_raising_implementation_as_none(host):
+def test_first_treats_a_raising_implementation_as_none(host):
     class Broken:
         @hookimpl
         def authenticate(self):
@@ -177,21 +241,39 @@ def test_call_first_treats_a_raising_implementation_as_none(host):
 
     host.register(Broken(), name="broken")
     host.register(Answer(None), name="undecided")
-    assert host.call_first("authenticate", pacs=None, login="u", password="p") is None
+    assert authenticate(host) is None
     assert [(f.plugin, f.hook) for f in host.failures] == [("broken", "authenticate")]
 
     host.register(Answer({"accepted": True, "method": "local"}), name="fallback")
-    assert host.call_first("authenticate", pacs=None, login="u", password="p") == {
-        "accepted": True,
-        "method": "local",
-    }
+    assert authenticate(host) == {"accepted": True, "method": "local"}
 
 
-def test_call_chain_passes_the_value_along_and_lets_exceptions_through(host):
+def test_a_refusing_filter_store_stops_the_others(host):
+    asked = []
+
+    class Filter:
+        def __init__(self, name, answer) -> None:
+            self.name, self.answer = name, answer
+
+        @hookimpl
+        def filter_store(self, instance):
+            asked.append(self.name)
+            if self.answer == "raise":
+                raise RuntimeError("bug")
+            return self.answer
+
+    for name, answer in (("accepts", None), ("buggy", "raise"), ("refuses", "no"), ("late", "x")):
+        host.register(Filter(name, answer), name=name)
+    assert host.relay.filter_store(pacs=None, instance=object()) == "no"
+    assert asked == ["accepts", "buggy", "refuses"]
+    assert [f.plugin for f in host.failures] == ["buggy"]
+
+
+def test_chain_passes_the_value_along_and_lets_exceptions_through(host):
     host.register(Suffix("-a"), name="a")
     host.register(Suffix(None), name="unchanged")
     host.register(Suffix("-a"), name="again")
-    assert host.call_chain("prepare_mail", "mail", "message", pacs=None) == "mail-a-a"
+    assert prepare(host) == "mail-a-a"
 
     class Refuses:
         @hookimpl
@@ -200,20 +282,134 @@ def test_call_chain_passes_the_value_along_and_lets_exceptions_through(host):
 
     host.register(Refuses(), name="refuses")
     with pytest.raises(PermissionError):
-        host.call_chain("prepare_mail", "mail", "message", pacs=None)
+        prepare(host)
+
+
+def test_first_strict_lets_exceptions_through(host):
+    class Deliverer:
+        def __init__(self, answer) -> None:
+            self.answer, self.calls = answer, 0
+
+        @hookimpl
+        def deliver_mail(self, message):
+            self.calls += 1
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    assert host.relay.deliver_mail(pacs=None, message="m") is None  # nobody delivers
+    not_mine, smtp, never = Deliverer(None), Deliverer(True), Deliverer(True)
+    for name, plugin in (("not_mine", not_mine), ("smtp", smtp), ("never", never)):
+        host.register(plugin, name=name)
+    assert host.relay.deliver_mail(pacs=None, message="m") is True
+    assert (not_mine.calls, smtp.calls, never.calls) == (1, 1, 0)
+    smtp.answer = ConnectionRefusedError("smtp down")
+    with pytest.raises(ConnectionRefusedError):
+        host.relay.deliver_mail(pacs=None, message="m")
+    assert host.failures == []  # the caller's to handle (the mail job is retried)
+
+
+def test_each_reporting_names_the_plugins_that_raised(host):
+    class Holds:
+        def __init__(self, answer) -> None:
+            self.answer = answer
+
+        @hookimpl
+        def retention_holds(self, study_uids):
+            if self.answer == "raise":
+                raise OSError("cannot tell")
+            return self.answer
+
+    host.register(Holds({"1": "pending"}), name="router")
+    host.register(Holds("raise"), name="broken")
+    host.register(Holds(None), name="indifferent")
+    answers, failed = host.relay.retention_holds(pacs=None, study_uids=["1", "2"])
+    assert answers == [("router", {"1": "pending"})]
+    assert failed == ["broken"]
+    assert [(f.plugin, f.hook) for f in host.failures] == [("broken", "retention_holds")]
 
 
 def test_implementations_are_called_in_registration_order(host):
     """What pacscore/plugins.py and the prepare_mail contract promise."""
     host.register(Schema(1), name="first")
     host.register(Schema(2), name="second")
-    assert host.call_each("settings_schema") == [1, 2]
+    assert host.relay.settings_schema() == [("first", 1), ("second", 2)]
     host.register(Answer("first"), name="answers-first")
     host.register(Answer("second"), name="answers-second")
-    assert host.call_first("authenticate", pacs=None, login="u", password="p") == "first"
+    assert authenticate(host) == "first"
     host.register(Suffix("-a"), name="a")
     host.register(Suffix("-b"), name="b")
-    assert host.call_chain("prepare_mail", "mail", "message", pacs=None) == "mail-a-b"
+    assert prepare(host) == "mail-a-b"
+
+
+def test_tryfirst_and_trylast_are_honoured(host):
+    class Early(Schema):
+        @hookimpl(tryfirst=True)
+        def settings_schema(self):
+            return self.value
+
+    class Late(Schema):
+        @hookimpl(trylast=True)
+        def settings_schema(self):
+            return self.value
+
+    host.register(Late("late"), name="late")
+    host.register(Schema("plain"), name="plain")
+    host.register(Early("early"), name="early")
+    assert [value for _, value in host.relay.settings_schema()] == ["early", "plain", "late"]
+
+
+def test_hooks_follow_plugins_registered_and_unregistered_after_a_call(host):
+    """Each hook resolves its implementations once, not per call: a plugin
+    registered or unregistered later (the console's switch, ``follow``) must
+    still be seen at the next call."""
+    first, second = Recorder(), Recorder()
+    host.register(first, name="first")
+    alert(host)
+    assert host.wanted("on_alert", None)
+    host.register(second, name="second")
+    alert(host)
+    assert (len(first.calls), len(second.calls)) == (2, 1)
+    host.pm.unregister(name="first")
+    alert(host)
+    assert (len(first.calls), len(second.calls)) == (2, 2)
+    assert host.plugins_implementing("on_alert") == ["second"]
+    host.pm.unregister(name="second")
+    assert alert(host) == [] and not host.has_implementations("on_alert")
+    assert not host.wanted("on_alert", None)
+
+
+def test_wanted_asks_each_implementing_plugin_and_follows_new_ones(host):
+    class Choosy(Recorder):
+        def __init__(self, answer) -> None:
+            super().__init__()
+            self.answer = answer
+
+        @hookimpl
+        def event_wanted(self, hook):
+            if self.answer == "raise":
+                raise RuntimeError("cannot tell")
+            return self.answer
+
+    choosy = Choosy(False)
+    host.register(choosy, name="choosy")
+    assert not host.wanted("on_alert", None)  # the only implementation does not want it
+    choosy.answer = None
+    assert host.wanted("on_alert", None)
+    choosy.answer = "raise"  # an error counts as wanted, and is recorded
+    assert host.wanted("on_alert", None)
+    assert [(f.plugin, f.hook) for f in host.failures] == [("choosy", "event_wanted")]
+    choosy.answer = False
+    assert not host.wanted("on_alert", None)
+    host.register(Recorder(), name="plain")  # wants every event: it has no event_wanted
+    assert host.wanted("on_alert", None)
+
+
+def test_an_unknown_hook_name_is_refused(host):
+    with pytest.raises(KeyError, match="no hook named 'on_stor'"):
+        host.call("on_stor", pacs=None)
+    with pytest.raises(AttributeError, match="no hook named 'on_stor'"):
+        host.relay.on_stor  # noqa: B018
 
 
 def test_a_failing_settings_schema_is_recorded_and_gives_none(host):

@@ -23,9 +23,10 @@ import pytest
 
 from pacscore.app import Pacs
 from pacscore.config import Config
+from pacscore.db import connection, is_sqlite, utcnow
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import DEFAULT_RETRY_SCHEDULE, JobHandler, JobWorkers
-from pacscore.models import Job, connection, is_sqlite, utcnow
+from pacscore.models import Job
 from tests.conftest import new_pacs
 
 pytestmark = pytest.mark.timeout(60)

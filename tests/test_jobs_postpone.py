@@ -6,9 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from pacscore.db import connection, utcnow
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import JobHandler, Postpone
-from pacscore.models import Job, connection, utcnow
+from pacscore.models import Job
 
 pytestmark = pytest.mark.timeout(60)
 

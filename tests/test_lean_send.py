@@ -1,4 +1,4 @@
-"""Messages sent through the lean sending path (pacscore/dicom/lean_send.py) are
+"""Messages sent through the lean sending path (pacscore/dicom/pynetdicom_ext/lean_send.py) are
 the very PDUs pynetdicom would send, and DCMTK peers receive them whole at any
 maximum PDU length."""
 
@@ -15,11 +15,13 @@ from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
 
-from pacscore.archive import read_dicom_file
-from pacscore.dicom import lean_send
-from pacscore.dicom import server as server_module
+from pacscore.db import connection
+from pacscore.dicom import pynetdicom_ext
+from pacscore.dicom import scp as server_module
+from pacscore.dicom.pynetdicom_ext import lean_send
 from pacscore.dicom.scu import client_ae
-from pacscore.models import Node, connection
+from pacscore.dicomfile.part10 import read_dicom_file
+from pacscore.models import Node
 from tests.conftest import free_port, run_dcmtk
 from tests.dicomgen import make_instance
 from tests.test_command_sets import MESSAGES, message_for, store_rq
@@ -32,7 +34,7 @@ FRAMED = {**MESSAGES, "C-STORE-RQ, 51 200 bytes": LARGE_STORE}
 
 @pytest.fixture(autouse=True)
 def installed():
-    lean_send.install()
+    pynetdicom_ext.install_client()
 
 
 def pynetdicom_pdus(message, context_id: int, max_pdu: int) -> bytes:

@@ -1,4 +1,4 @@
-"""The lean C-STORE path (pacscore/dicom/lean_store.py) takes the C-STORE requests
+"""The lean C-STORE path (pacscore/dicom/pynetdicom_ext/lean_store.py) takes the C-STORE requests
 and only those; everything else still reaches pynetdicom, and bad framing or a
 broken peer never costs an instance or the listener.
 
@@ -15,11 +15,12 @@ import threading
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from pacscore.archive import read_dicom_file
-from pacscore.dicom import lean_store
-from pacscore.dicom import server as server_module
-from pacscore.dicom import store as store_module
-from pacscore.models import Instance, connection
+from pacscore.db import connection
+from pacscore.dicom import scp as server_module
+from pacscore.dicom import store_scp as store_module
+from pacscore.dicom.pynetdicom_ext import lean_store
+from pacscore.dicomfile.part10 import read_dicom_file
+from pacscore.models import Instance
 from pacscore.storage import instance_relpath
 from tests.conftest import free_port
 from tests.test_robustness import (

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pynetdicom.sop_class import Verification
 
+from pacscore.dicom.pynetdicom_ext.shared_listener import bind_listening_socket
 from pacscore.dicom.scu import client_ae
-from pacscore.dicom.shared_listener import bind_listening_socket
 from tests.conftest import DCMTK_ENV, dcmtk
 from tests.dicomgen import make_instance
 

@@ -8,7 +8,8 @@ import json
 from marshmallow import Schema, fields
 
 from pacscore import hookimpl
-from pacscore.models import PluginState, User, connection
+from pacscore.db import connection
+from pacscore.models import PluginState, User
 from pacscore.users import hash_password, log_in
 
 

@@ -14,9 +14,10 @@ from datetime import timedelta
 import pytest
 from marshmallow import Schema, fields
 
+from pacscore.db import connection, utcnow
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import JobHandler, PermanentJobError
-from pacscore.models import Job, PluginState, connection, utcnow
+from pacscore.models import Job, PluginState
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from pacscore.app import Pacs
-from pacscore.archive import DeletedInstance, StoredInstance, read_dicom_file
-from pacscore.dicom import status
+from pacscore.archive import DeletedInstance, StoredInstance
+from pacscore.db import connection
+from pacscore.dicomfile import status
+from pacscore.dicomfile.part10 import read_dicom_file
 from pacscore.hookspecs import hookimpl
 from pacscore.models import (
     Instance,
@@ -29,7 +31,6 @@ from pacscore.models import (
     Storage,
     Study,
     TrashedFile,
-    connection,
 )
 from pacscore.storage import instance_relpath
 from tests.dicomgen import make_instance
@@ -196,7 +197,7 @@ def test_a_plugin_switched_in_another_process_is_followed(make_pacs):
     pacs.hooks.load_entry_points(disabled={"email"})  # a bundled plugin, as installed
 
     def alert_plugins() -> set[str]:
-        return {impl.plugin_name for impl in pacs.hooks.pm.hook.on_alert.get_hookimpls()}
+        return set(pacs.hooks.plugins_implementing("on_alert"))
 
     assert "email" not in alert_plugins()
     with connection():

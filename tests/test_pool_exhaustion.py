@@ -71,7 +71,7 @@ pytestmark = pytest.mark.timeout(300)
 
 SHORT_TIMEOUTS = f'''
 """Test only (tests/test_pool_exhaustion.py): short DICOM timeouts for this server."""
-import pacscore.dicom.server as _server
+import pacscore.dicom.scp as _server
 
 _build_ae = _server.build_ae
 

@@ -15,7 +15,7 @@ import time
 import psycopg2
 import pytest
 
-from pacscore.models import connection
+from pacscore.db import connection
 from pacscore.web import create_app
 from tests.conftest import new_pacs
 

@@ -15,7 +15,8 @@ import time
 import pytest
 from peewee import DatabaseError
 
-from pacscore.models import PoolExhausted, Setting, connection, db
+from pacscore.db import PoolExhausted, connection, db
+from pacscore.models import Setting
 from tests.conftest import new_pacs
 
 POOL_SIZE = 2
@@ -130,7 +131,7 @@ def test_a_full_pool_takes_back_the_connections_of_ended_threads(pacs, caplog):
 
     assert not run_threads(lose_connection, POOL_SIZE)
     assert pacs.database.usage()["in_use"] == POOL_SIZE
-    with caplog.at_level(logging.ERROR, logger="pacscore.models"), connection():
+    with caplog.at_level(logging.ERROR, logger="pacscore.db"), connection():
         assert Setting.select().count() >= 0
     assert any(
         "took back 2 connection(s) of ended threads" in r.getMessage() for r in caplog.records

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pacscore.models import display_url, make_database
+from pacscore.db import display_url, make_database
 from tests.conftest import PacsProcess
 
 SOCKET_DIR = "/var/run/postgresql"

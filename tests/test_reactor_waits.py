@@ -1,5 +1,5 @@
 """An idle association, ours or a peer's, costs next to no CPU
-(pacscore/dicom/reactor_waits.py).
+(pacscore/dicom/pynetdicom_ext/reactor_waits.py).
 
 pynetdicom's two threads per association polled every millisecond, up to a
 thousand turns of each loop per second (about 0.1 s of CPU per second per
@@ -16,9 +16,9 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import Verification
 
-from pacscore.dicom import reactor_waits
+from pacscore.dicom.pynetdicom_ext import reactor_waits
+from pacscore.dicom.scp import start_dicom_server
 from pacscore.dicom.scu import client_ae
-from pacscore.dicom.server import start_dicom_server
 from tests.conftest import free_port
 from tests.test_robustness import RawPeer, p_data, pdv, store_command, valid_dataset
 

@@ -1,5 +1,5 @@
 """A reply pynetdicom's reactor takes during a send reaches the sender
-(pacscore/dicom/reply_race.py).
+(pacscore/dicom/pynetdicom_ext/reply_race.py).
 
 The race needs the association's reactor to wake late from its pause and the
 sender to reach its blocking read late, which a busy machine does now and

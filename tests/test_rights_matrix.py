@@ -14,7 +14,8 @@ from werkzeug.routing import IntegerConverter
 
 from pacscore import hookimpl
 from pacscore.config import CORE_SETTINGS
-from pacscore.models import Profile, connection
+from pacscore.db import connection
+from pacscore.models import Profile
 from pacscore.rights import DEFAULT_PROFILES
 from pacscore.web.security import AUTHENTICATED, PUBLIC, endpoint_right, require_right
 from tests.webclient import Console, add_user, web_app

@@ -37,8 +37,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from pacscore.archive import read_dicom_file
 from pacscore.dicom.scu import client_ae
+from pacscore.dicomfile.part10 import read_dicom_file
 from tests.conftest import run_dcmtk
 from tests.dicomgen import dataset_bytes, make_instance
 
@@ -48,7 +48,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 # how long a single exchange with the server may take before we call it hung
 TIMEOUT = 10.0
-# pacscore.dicom.server's settings
+# pacscore.dicom.scp's settings
 SERVER_ACSE_TIMEOUT = 30
 MAX_ASSOCIATIONS = 64
 
@@ -507,7 +507,7 @@ def test_many_broken_connections_release_their_threads(pacs):
             peer.sock.close()
         alive_pid(pacs)
     # pynetdicom keeps the thread of a connection that never associated until its
-    # ACSE timeout (30 s in pacscore.dicom.server) expires, even once the peer is gone
+    # ACSE timeout (30 s in pacscore.dicom.scp) expires, even once the peer is gone
     assert wait_until(
         lambda: thread_count(pid) <= baseline + 2, timeout=SERVER_ACSE_TIMEOUT + 10
     ), f"threads did not come back: {thread_count(pid)} now, {baseline} before"

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from pacscore.models import AppliedMigration, ServiceFilter, User, connection
+from pacscore.db import connection
+from pacscore.models import AppliedMigration, ServiceFilter, User
 from tests.webclient import Console, add_user, basic, store_instance, web_app
 
 

@@ -1,4 +1,4 @@
-"""SQLite writers queue for the write lock instead of polling for it (models.py).
+"""SQLite writers queue for the write lock instead of polling for it (db.py).
 
 SQLite's busy timeout retries a locked database after sleeps of 1, 2, 5, 10...
 ms; ``write_transaction`` makes a writer wait on a lock that hands over at once.
@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pacscore.models import (
-    BUSY_TIMEOUT_SECONDS,
-    Node,
-    bind_database,
-    connection,
-    create_tables,
-    write_transaction,
-)
+from pacscore.db import BUSY_TIMEOUT_SECONDS, bind_database, connection, write_transaction
+from pacscore.migrations import create_tables
+from pacscore.models import Node
 
 HOLD_SECONDS = 0.5
 

@@ -28,8 +28,8 @@ from types import SimpleNamespace
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pacscore.archive import read_dicom_file
 from pacscore.dicom import scu
+from pacscore.dicomfile.part10 import read_dicom_file
 from pacscore.storage import instance_relpath
 from tests.conftest import run_dcmtk
 from tests.dicomgen import make_instance
@@ -99,7 +99,7 @@ STALLS = [*MID_PDU, whole_pdus_then_silence_mid_data_set]
 
 SHORT_TIMEOUTS = f'''
 """Test only (tests/test_stalled_peers.py): short DICOM timeouts, few associations."""
-import pacscore.dicom.server as _server
+import pacscore.dicom.scp as _server
 
 _build_ae = _server.build_ae
 

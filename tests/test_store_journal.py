@@ -23,19 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from pacscore.archive import PREAMBLE, encode_file_meta, read_dicom_file
 from pacscore.config import Config
-from pacscore.dicom import status
-from pacscore.models import (
-    Instance,
-    OutboxEvent,
-    Storage,
-    TrashedFile,
-    bind_database,
-    connection,
-    is_sqlite,
-    write_transaction,
-)
+from pacscore.db import WriterKind, bind_database, connection, is_sqlite, write_transaction
+from pacscore.dicomfile import status
+from pacscore.dicomfile.part10 import PREAMBLE, encode_file_meta, read_dicom_file
+from pacscore.models import Instance, OutboxEvent, Storage, TrashedFile
 from pacscore.storage import INCOMING, instance_relpath
 from tests.dicomgen import make_instance
 from tests.test_outbox import Recorder, drain_all, store
@@ -438,7 +430,7 @@ def test_a_failed_fsync_refuses_the_instance_and_keeps_nothing(make_pacs, tmp_pa
 def hold_a_transaction(url: str, home: str, store: bool, entered, leave) -> None:
     """Another process: a write transaction, a store's or not, held until told."""
     bind_database(url, Path(home))
-    with connection(), write_transaction(sync_commit=not store):
+    with connection(), write_transaction(WriterKind.STORE if store else WriterKind.OTHER):
         entered.set()
         leave.wait(30)
 
@@ -455,7 +447,7 @@ def queue_behind_another_process(pacs, store: bool) -> None:
     try:
         assert entered.wait(30)
         threading.Timer(0.3, leave.set).start()
-        with connection(), write_transaction(sync_commit=False):
+        with connection(), write_transaction(WriterKind.STORE):
             pass
     finally:
         leave.set()

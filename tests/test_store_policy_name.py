@@ -10,7 +10,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacscore.config import CORE_SETTINGS
-from pacscore.models import Instance, Patient, connection
+from pacscore.db import connection
+from pacscore.models import Instance, Patient
 from tests.dicomgen import dataset_bytes, make_instance
 from tests.test_dicom_services import stored_dataset_bytes
 from tests.webclient import Console, add_user, store_instance, web_app

@@ -11,7 +11,8 @@ import pytest
 from marshmallow import Schema, fields, validate
 
 from pacscore import hookimpl
-from pacscore.models import AuditEvent, Node, Profile, Storage, User, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, Node, Profile, Storage, User
 from tests.conftest import dcmtk, free_port, wait_for_port
 from tests.webclient import Console, add_user, basic, web_app
 

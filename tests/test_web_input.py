@@ -6,7 +6,8 @@ import pytest
 from flask import Blueprint
 
 from pacscore import hookimpl
-from pacscore.models import Node, connection
+from pacscore.db import connection
+from pacscore.models import Node
 from pacscore.web.security import require_right
 from tests.webclient import Console, add_user, store_instance, web_app
 

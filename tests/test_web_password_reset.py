@@ -12,15 +12,8 @@ from urllib.parse import urlsplit
 import pacscore_email
 import pytest
 
-from pacscore.models import (
-    AuditEvent,
-    Job,
-    PasswordResetToken,
-    User,
-    WebSession,
-    connection,
-    utcnow,
-)
+from pacscore.db import connection, utcnow
+from pacscore.models import AuditEvent, Job, PasswordResetToken, User, WebSession
 from pacscore.password_reset import _digest
 from tests.smtpserver import SmtpServer
 from tests.webclient import PASSWORD, Console, add_user, web_app
@@ -42,6 +35,7 @@ def smtp(tmp_path):
 def pacs(make_pacs, smtp):
     pacs = make_pacs()
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings("email", {**smtp.settings(), "sender": "pacs@hospital.example"})
     return pacs

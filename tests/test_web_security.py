@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from pacscore import hookimpl
-from pacscore.models import ApiToken, AuditEvent, Node, User, WebSession, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import ApiToken, AuditEvent, Node, User, WebSession
 from tests.webclient import PASSWORD, Console, add_user, basic, bearer, web_app
 
 

@@ -9,7 +9,8 @@ import zipfile
 import pytest
 
 from pacscore import hookimpl
-from pacscore.models import AuditEvent, Instance, Node, Study, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, Instance, Node, Study
 from tests.conftest import dcmtk, free_port, wait_for_port
 from tests.webclient import Console, add_user, basic, store_instance, web_app
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pacscore.app import open_pacs
-from pacscore.models import User, connection
+from pacscore.db import connection
+from pacscore.models import User
 from pacscore.users import log_in
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from pacscore import hookimpl
-from pacscore.models import Node, StudyType, connection
+from pacscore.db import connection
+from pacscore.models import Node, StudyType
 from tests.webclient import Console, add_user, web_app
 
 

@@ -9,11 +9,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from pacscore.archive import read_dicom_file
+from pacscore.db import connection
+from pacscore.dicom.scp import start_dicom_server
 from pacscore.dicom.scu import client_ae
-from pacscore.dicom.server import start_dicom_server
+from pacscore.dicomfile.part10 import read_dicom_file
 from pacscore.hookspecs import hookimpl
-from pacscore.models import Node, OutboxEvent, Patient, Study, connection
+from pacscore.models import Node, OutboxEvent, Patient, Study
 from pacscore.worklist import WorklistError
 from tests.conftest import free_port
 from tests.dicomgen import make_instance

@@ -16,7 +16,8 @@ import pytest
 from pydicom import dcmread
 
 from pacscore import hookimpl
-from pacscore.models import AuditEvent, Node, StudyType, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, Node, StudyType
 from tests.conftest import run_dcmtk
 from tests.webclient import PASSWORD, Console, add_user, web_app
 

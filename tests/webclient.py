@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pacscore.models import User, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import User
 from pacscore.users import hash_password
 from pacscore.web import create_app
 from tests.dicomgen import dataset_bytes, make_instance

@@ -1,7 +1,7 @@
 """Built-in plugin: the ``send_study`` job (console and API "send to a node").
 
 Payload: ``{"study_uid": ..., "node": NODE_NAME, "requested_by": LOGIN}``.
-The files are sent as stored (see :mod:`pacscore.dicom.rawsend`) over one
+The files are sent as stored (see :mod:`pacscore.dicom.pynetdicom_ext.rawsend`) over one
 association; any refused or failed instance fails the job, which is then
 retried on the default schedule.  Sending again is harmless: the receiver
 keeps or replaces duplicates.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 
 from pacscore import audit
-from pacscore.archive import read_dicom_file
-from pacscore.dicom import rawsend
-from pacscore.dicom.retrieve import presentation_contexts
+from pacscore.dicom.pynetdicom_ext import rawsend
+from pacscore.dicom.retrieve_scp import presentation_contexts
 from pacscore.dicom.scu import client_ae
+from pacscore.dicomfile.part10 import read_dicom_file
 from pacscore.hookspecs import hookimpl
 from pacscore.jobs import JobHandler
 from pacscore.models import Instance, Node, Series, Study

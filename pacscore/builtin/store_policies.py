@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pacscore import sql
-from pacscore.dicom.header import normalize_text
+from pacscore.dicomfile.text import normalize_text
 from pacscore.hookspecs import hookimpl
 from pacscore.models import Patient
 

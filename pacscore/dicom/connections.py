@@ -2,7 +2,7 @@
 
 pynetdicom runs each association in threads of its own: the association
 thread runs the event handlers, the DUL thread reads the socket (and, with
-:mod:`pacscore.dicom.lean_store`, stores).  An association may stay open for
+:mod:`pacscore.dicom.pynetdicom_ext.lean_store`, stores).  An association may stay open for
 minutes, idle or dripping bytes, and end in any way (release, abort, reset,
 timeout).  A thread that kept the connection its last message took, for
 instance by a cached rights or settings read outside ``connection()``
@@ -14,9 +14,9 @@ connection only if it queries (``connection(lazy=True)``), given back before
 its response goes out; a generator handler gets one per step, none while it
 is suspended at a ``yield`` (pynetdicom sends that response, or the peer
 aborts and the generator is dropped).  The rights checks of
-:mod:`pacscore.dicom.access` and :func:`pacscore.dicom.store.store_dataset`
+:mod:`pacscore.dicom.pynetdicom_ext.access` and :func:`pacscore.dicom.store_scp.store_dataset`
 (the DUL thread's only database work) scope theirs the same way.  Whatever
-still escapes goes back when its thread ends (``models.ThreadBoundPool``).
+still escapes goes back when its thread ends (``db.ThreadBoundPool``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from types import GeneratorType
 from typing import Any
 
-from pacscore.models import connection
+from pacscore.db import connection
 
 
 def per_message(handler: Callable) -> Callable:

@@ -27,8 +27,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacscore.archive import read_dicom_file
-from pacscore.dicom import command_sets, dul_guard, lean_send, nodelay, rawsend, reply_race
+from pacscore.dicom import pynetdicom_ext
+from pacscore.dicom.pynetdicom_ext import rawsend
+from pacscore.dicomfile.part10 import read_dicom_file
 from pacscore.models import Node
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -51,16 +52,12 @@ def describe(node: Node) -> str:
 
 
 def client_ae(calling_aet: str, timeout: float) -> AE:
-    """An AE for pacscore as a client, with ``timeout`` for ACSE, DIMSE and the network."""
+    """An AE for pacscore as a client, with ``timeout`` for ACSE, DIMSE and the network;
+    ``pynetdicom_ext.UnsupportedPynetdicom`` if pynetdicom is not a tested version."""
     # the listener's extensions: no Nagle delay, stored bytes sent as they are, no lost
     # reply, command sets encoded directly, each message sent in one write, no PDU read
     # that waits for ever on a peer gone silent
-    nodelay.install()
-    dul_guard.install()
-    rawsend.install()
-    reply_race.install()
-    command_sets.install()
-    lean_send.install()
+    pynetdicom_ext.install_client()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae

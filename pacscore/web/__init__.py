@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from werkzeug import exceptions
 from werkzeug.exceptions import HTTPException
 
-from pacscore.models import db
+from pacscore.db import db
+from pacscore.services import Conflict, Invalid, NotFound, ServiceError
 from pacscore.web import security
 from pacscore.web.common import InvalidInput
 from pacscore.web.converters import IdConverter
@@ -80,7 +82,7 @@ def create_app(pacs, test_config: dict | None = None) -> Flask:
     _register_error_handlers(app)
     _register_blueprints(app)
     # a failing plugin is recorded by the host; the application starts without its pages
-    pacs.hooks.call_each("register_blueprints", pacs=pacs, app=app)
+    pacs.hooks.relay.register_blueprints(pacs=pacs, app=app)
     return app
 
 
@@ -135,6 +137,16 @@ def _register_error_handlers(app: Flask) -> None:
                 response.headers["WWW-Authenticate"] = 'Basic realm="pacscore"'
             return response
         return render_template("error.html", code=exc.code, message=message), exc.code
+
+    @app.errorhandler(ServiceError)
+    def refused(exc: ServiceError):
+        """The service layer's refusals, answered as the pages' abort() and InvalidInput were."""
+        if isinstance(exc, Invalid):
+            return invalid_input(InvalidInput(exc.errors))
+        status = exceptions.BadRequest
+        if isinstance(exc, NotFound | Conflict):
+            status = exceptions.NotFound if isinstance(exc, NotFound) else exceptions.Conflict
+        return http_error(status(str(exc)))
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

@@ -1,37 +1,41 @@
 """The REST API (``/api/v1``): the console's operations as JSON.
 
 Same rights and service filters as the console (the checks live in
-:mod:`pacscore.web.security` and :mod:`pacscore.web.studyops`).  Every input
-goes through a marshmallow schema; invalid input answers 400 with the field
-errors.  Each view carries its OpenAPI description (``@doc``, from
+:mod:`pacscore.web.security` and :mod:`pacscore.web.studyops`), and the same
+operations: nodes, storages, accounts, profiles, plugins, settings and jobs
+are changed through :mod:`pacscore.services`, whose refusals the application
+answers (400 with the field errors, 404, 409).  Every input goes through a
+marshmallow schema; invalid input answers 400 with the field errors.  Each
+view carries its OpenAPI description (``@doc``, from
 :mod:`pacscore.web.openapi`, which builds ``/api/v1/openapi.json`` from them).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, abort, g, jsonify
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 
-from pacscore.config import CORE_SETTINGS, CoreSettingsSchema
-from pacscore.models import Node, Profile, Storage, User, check_database, redact
-from pacscore.users import unlock
-from pacscore.web import audit as audit_pages
-from pacscore.web import jobs as job_pages
-from pacscore.web import nodes as node_pages
-from pacscore.web import plugins as plugin_pages
-from pacscore.web import settings as settings_pages
-from pacscore.web import storages as storage_pages
+from pacscore.config import CoreSettingsSchema
+from pacscore.db import check_database, redact
+from pacscore.models import Node, Storage
+from pacscore.services import Conflict, NotFound
+from pacscore.services import audit as audit_service
+from pacscore.services import jobs as job_service
+from pacscore.services import nodes as node_service
+from pacscore.services import plugins as plugin_service
+from pacscore.services import settings as settings_service
+from pacscore.services import storages as storage_service
+from pacscore.services import users as user_service
+from pacscore.services.schemas import NodeSchema, ProfileSchema, StorageSchema, UserSchema
 from pacscore.web import studyops
-from pacscore.web import users as user_pages
 from pacscore.web.common import (
     InvalidInput,
+    actor,
     check_uid,
     get_pacs,
-    json_body,
-    load,
+    json_object,
     load_args,
     load_json,
     record,
@@ -47,19 +51,15 @@ from pacscore.web.schemas import (
     JobQuerySchema,
     JobRefSchema,
     JobSchema,
-    NodeSchema,
     PluginChangeSchema,
     PluginSchema,
     ProfileDeleteSchema,
-    ProfileSchema,
     SendSchema,
     SeriesSchema,
-    StorageSchema,
     StudyDetailSchema,
     StudyPageSchema,
     StudySchema,
     StudySearchSchema,
-    UserSchema,
 )
 from pacscore.web.security import current_user, public, require_right
 
@@ -71,10 +71,6 @@ ANY_OBJECT = {"type": "object"}
 
 def _dump(schema: type[Schema], obj: Any, many: bool = False, status: int = 200):
     return jsonify(schema(many=many).dump(obj)), status
-
-
-def _errors(exc: ValidationError) -> InvalidInput:
-    return InvalidInput(exc.normalized_messages())
 
 
 # -- service -------------------------------------------------------------------------
@@ -95,7 +91,7 @@ def health():
 
 
 def health_checks() -> dict[str, dict]:
-    """Each part the server needs, checked within a bounded time (models.check_database)."""
+    """Each part the server needs, checked within a bounded time (db.check_database)."""
     database = check_database()
     if "error" in database:  # public: never the database password
         database["error"] = redact(database["error"], get_pacs().config.db_url)
@@ -222,27 +218,18 @@ def send_study(uid: str):
 # -- nodes ------------------------------------------------------------------------------------
 
 
-def _node(node_id: int) -> Node:
-    return node_pages.node_or_404(node_id)
-
-
 @bp.get("/nodes")
 @require_right("manage_nodes")
 @doc("Declared DICOM nodes", response=NodeSchema, many=True)
 def nodes():
-    return _dump(NodeSchema, list(Node.select().order_by(Node.name)), many=True)
+    return _dump(NodeSchema, node_service.listed(), many=True)
 
 
 @bp.post("/nodes")
 @require_right("manage_nodes")
 @doc("Declare a node", body=NodeSchema, response=NodeSchema, status=201)
 def create_node():
-    node = Node()
-    try:
-        node_pages.save_node(node, load_json(NodeSchema()))
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("node_save", target=node.name, created=True, via="api")
+    node = node_service.save(get_pacs(), None, json_object(), actor("api"))
     return _dump(NodeSchema, node, status=201)
 
 
@@ -250,21 +237,15 @@ def create_node():
 @require_right("manage_nodes")
 @doc("One node", response=NodeSchema)
 def node(node_id: int):
-    return _dump(NodeSchema, _node(node_id))
+    return _dump(NodeSchema, node_service.get(node_id))
 
 
 @bp.patch("/nodes/<int:node_id>")
 @require_right("manage_nodes")
 @doc("Change a node (only the given fields)", body=NodeSchema, response=NodeSchema)
 def update_node(node_id: int):
-    target = _node(node_id)
-    given = json_body()
-    values = load(NodeSchema(), given, partial=True)
-    try:
-        node_pages.save_node(target, {k: v for k, v in values.items() if k in given})
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("node_save", target=target.name, created=False, via="api")
+    target = node_service.get(node_id)
+    node_service.save(get_pacs(), target, json_object(), actor("api"), partial=True)
     return _dump(NodeSchema, target)
 
 
@@ -272,10 +253,7 @@ def update_node(node_id: int):
 @require_right("manage_nodes")
 @doc("Delete a node", status=204)
 def delete_node(node_id: int):
-    target = _node(node_id)
-    target.delete_instance()
-    get_pacs().nodes.invalidate()
-    record("node_delete", target=target.name, via="api")
+    node_service.delete(get_pacs(), node_service.get(node_id), actor("api"))
     return "", 204
 
 
@@ -283,7 +261,7 @@ def delete_node(node_id: int):
 @require_right("manage_nodes")
 @doc("C-ECHO a node", response=EchoResultSchema)
 def echo_node(node_id: int):
-    return _dump(EchoResultSchema, node_pages.echo_node(_node(node_id)))
+    return _dump(EchoResultSchema, node_service.echo(get_pacs(), node_service.get(node_id)))
 
 
 # -- storages -----------------------------------------------------------------------------------
@@ -291,7 +269,7 @@ def echo_node(node_id: int):
 
 def _storage_out(storage: Storage) -> dict:
     data = StorageSchema().dump(storage)
-    data["free_mb"] = storage_pages.free_mb(storage)
+    data["free_mb"] = storage_service.free_mb(storage)
     return data
 
 
@@ -299,19 +277,14 @@ def _storage_out(storage: Storage) -> dict:
 @require_right("manage_storages")
 @doc("Storage folders with their free space", response=StorageSchema, many=True)
 def storages():
-    rows = Storage.select().order_by(Storage.position, Storage.id)
-    return jsonify([_storage_out(s) for s in rows])
+    return jsonify([_storage_out(s) for s in storage_service.listed()])
 
 
 @bp.post("/storages")
 @require_right("manage_storages")
 @doc("Add a storage folder", body=StorageSchema, response=StorageSchema, status=201)
 def create_storage():
-    try:
-        storage = storage_pages.save_storage(None, load_json(StorageSchema()))
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("storage_save", target=storage.name, created=True, via="api")
+    storage = storage_service.save(get_pacs(), None, json_object(), actor("api"))
     return jsonify(_storage_out(storage)), 201
 
 
@@ -320,14 +293,8 @@ def create_storage():
 @doc("Change a storage folder (name, enabled, limit)", body=StorageSchema,
      response=StorageSchema)  # fmt: skip
 def update_storage(storage_id: int):
-    storage = storage_pages.storage_or_404(storage_id)
-    given = json_body()
-    values = load(StorageSchema(), given, partial=True)
-    try:
-        storage_pages.save_storage(storage, {k: v for k, v in values.items() if k in given})
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("storage_save", target=storage.name, created=False, via="api")
+    storage = storage_service.get(storage_id)
+    storage_service.save(get_pacs(), storage, json_object(), actor("api"), partial=True)
     return jsonify(_storage_out(storage))
 
 
@@ -335,12 +302,7 @@ def update_storage(storage_id: int):
 @require_right("manage_storages")
 @doc("Delete an empty storage folder", status=204, errors=[409])
 def delete_storage(storage_id: int):
-    storage = storage_pages.storage_or_404(storage_id)
-    try:
-        storage_pages.delete_storage(storage)
-    except ValidationError as exc:
-        abort(409, " ".join(exc.normalized_messages()["_schema"]))
-    record("storage_delete", target=storage.name, via="api")
+    storage_service.delete(get_pacs(), storage_service.get(storage_id), actor("api"))
     return "", 204
 
 
@@ -351,18 +313,14 @@ def delete_storage(storage_id: int):
 @require_right("manage_users")
 @doc("User accounts", response=UserSchema, many=True)
 def users():
-    return _dump(UserSchema, list(User.select().order_by(User.login)), many=True)
+    return _dump(UserSchema, user_service.users(), many=True)
 
 
 @bp.post("/users")
 @require_right("manage_users")
 @doc("Create an account", body=UserSchema, response=UserSchema, status=201)
 def create_user():
-    try:
-        user = user_pages.save_user(None, load_json(UserSchema()))
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("user_save", target=user.login, created=True, via="api")
+    user = user_service.save_user(get_pacs(), None, json_object(), actor("api"))
     return _dump(UserSchema, user, status=201)
 
 
@@ -370,21 +328,15 @@ def create_user():
 @require_right("manage_users")
 @doc("One account", response=UserSchema)
 def user(user_id: int):
-    return _dump(UserSchema, user_pages.user_or_404(user_id))
+    return _dump(UserSchema, user_service.get_user(user_id))
 
 
 @bp.patch("/users/<int:user_id>")
 @require_right("manage_users")
 @doc("Change an account (only the given fields)", body=UserSchema, response=UserSchema)
 def update_user(user_id: int):
-    target = user_pages.user_or_404(user_id)
-    given = json_body()
-    values = load(UserSchema(), given, partial=True)
-    try:
-        user_pages.save_user(target, {k: v for k, v in values.items() if k in given})
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("user_save", target=target.login, created=False, via="api")
+    target = user_service.get_user(user_id)
+    user_service.save_user(get_pacs(), target, json_object(), actor("api"), partial=True)
     return _dump(UserSchema, target)
 
 
@@ -392,11 +344,7 @@ def update_user(user_id: int):
 @require_right("manage_users")
 @doc("Delete an account (not your own)", status=204, errors=[409])
 def delete_user(user_id: int):
-    target = user_pages.user_or_404(user_id)
-    if target.id == current_user().id:
-        abort(409, "you cannot delete your own account")
-    target.delete_instance()
-    record("user_delete", target=target.login, via="api")
+    user_service.delete_user(user_service.get_user(user_id), actor("api"))
     return "", 204
 
 
@@ -404,9 +352,8 @@ def delete_user(user_id: int):
 @require_right("manage_users")
 @doc("Unlock an account", response=UserSchema)
 def unlock_user(user_id: int):
-    target = user_pages.user_or_404(user_id)
-    unlock(target)
-    record("user_unlock", target=target.login, via="api")
+    target = user_service.get_user(user_id)
+    user_service.unlock_user(target, actor("api"))
     return _dump(UserSchema, target)
 
 
@@ -414,18 +361,14 @@ def unlock_user(user_id: int):
 @require_right("manage_users")
 @doc("Profiles and their rights", response=ProfileSchema, many=True)
 def profiles():
-    return _dump(ProfileSchema, list(Profile.select().order_by(Profile.name)), many=True)
+    return _dump(ProfileSchema, user_service.profiles(), many=True)
 
 
 @bp.post("/profiles")
 @require_right("manage_users")
 @doc("Create a profile", body=ProfileSchema, response=ProfileSchema, status=201)
 def create_profile():
-    values = load_json(ProfileSchema())
-    if Profile.select().where(Profile.name == values["name"]).exists():
-        raise InvalidInput({"name": ["a profile with this name exists"]})
-    profile = Profile.create(name=values["name"], rights=json.dumps(values["rights"]))
-    record("profile_create", target=profile.name, rights=values["rights"], via="api")
+    profile = user_service.create_profile(json_object(), actor("api"))
     return _dump(ProfileSchema, profile, status=201)
 
 
@@ -433,19 +376,8 @@ def create_profile():
 @require_right("manage_users")
 @doc("Change the rights of a profile", body=ProfileSchema, response=ProfileSchema)
 def update_profile(profile_id: int):
-    profile = user_pages.profile_or_404(profile_id)
-    given = json_body()
-    values = load(ProfileSchema(), given, partial=True)
-    if "name" in given and values["name"] != profile.name:
-        raise InvalidInput({"name": ["a profile cannot be renamed"]})
-    if "rights" in given:
-        try:
-            user_pages.check_own_profile_keeps_user_management(profile, values["rights"])
-        except ValidationError as exc:
-            raise _errors(exc) from None
-        profile.rights = json.dumps(values["rights"])
-        profile.save()
-        record("profile_rights", target=profile.name, rights=values["rights"], via="api")
+    profile = user_service.get_profile(profile_id)
+    user_service.update_profile(profile, json_object(), actor("api"))
     return _dump(ProfileSchema, profile)
 
 
@@ -454,13 +386,9 @@ def update_profile(profile_id: int):
 @doc("Delete a profile (?replacement=NAME when users have it)", query=ProfileDeleteSchema,
      status=204)  # fmt: skip
 def delete_profile(profile_id: int):
-    profile = user_pages.profile_or_404(profile_id)
+    profile = user_service.get_profile(profile_id)
     replacement = load_args(ProfileDeleteSchema())["replacement"]
-    try:
-        moved = user_pages.delete_profile(profile, replacement)
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("profile_delete", target=profile.name, users_moved=moved, via="api")
+    user_service.delete_profile(profile, replacement, actor("api"))
     return "", 204
 
 
@@ -471,8 +399,9 @@ def delete_profile(profile_id: int):
 @require_right("manage_plugins")
 @doc("Installed plugins and their state", response=PluginSchema, many=True)
 def plugins():
+    pacs = get_pacs()
     return _dump(
-        PluginSchema, [plugin_pages.describe(i) for i in get_pacs().hooks.list()], many=True
+        PluginSchema, [plugin_service.describe(pacs, i) for i in pacs.hooks.list()], many=True
     )
 
 
@@ -480,22 +409,16 @@ def plugins():
 @require_right("manage_plugins")
 @doc("Enable or disable a plugin", body=PluginChangeSchema, partial=False, response=PluginSchema)
 def update_plugin(name: str):
-    info = plugin_pages.plugin_or_404(name)
+    pacs = get_pacs()
+    info = plugin_service.get(pacs, name)
     values = load_json(PluginChangeSchema())
-    try:
-        plugin_pages.set_enabled(info, values["enabled"])
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("plugin_enable" if values["enabled"] else "plugin_disable", target=name, via="api")
-    return _dump(PluginSchema, plugin_pages.describe(info))
+    plugin_service.set_enabled(pacs, info, values["enabled"], actor("api"))
+    return _dump(PluginSchema, plugin_service.describe(pacs, info))
 
 
 def _plugin_schema(name: str) -> Schema:
-    plugin_pages.plugin_or_404(name)
-    schema = get_pacs().hooks.settings_schema(name)
-    if schema is None:
-        abort(404, "this plugin is not loaded or has no settings")
-    return schema
+    plugin_service.get(get_pacs(), name)
+    return plugin_service.settings_schema(get_pacs(), name)
 
 
 @bp.get("/plugins/<name>/settings")
@@ -512,14 +435,7 @@ def plugin_settings(name: str):
      response=ANY_OBJECT)  # fmt: skip
 def update_plugin_settings(name: str):
     schema = _plugin_schema(name)
-    changes = json_body()
-    if not isinstance(changes, dict):
-        raise InvalidInput({"_body": ["a JSON object is expected"]})
-    try:
-        saved = get_pacs().save_plugin_settings(name, changes)
-    except ValidationError as exc:
-        raise _errors(exc) from None
-    record("plugin_settings", target=name, fields=sorted(changes), via="api")
+    saved = plugin_service.save_settings(get_pacs(), name, json_object(), actor("api"))
     return jsonify(schema.dump(saved))
 
 
@@ -527,7 +443,7 @@ def update_plugin_settings(name: str):
 @require_right("configure")
 @doc("The core settings", response=CoreSettingsSchema)
 def settings():
-    return jsonify(CORE_SETTINGS.dump(get_pacs().settings.core))
+    return jsonify(settings_service.core(get_pacs()))
 
 
 @bp.patch("/settings")
@@ -535,13 +451,8 @@ def settings():
 @doc("Change core settings (only the given keys)", body=CoreSettingsSchema,
      response=CoreSettingsSchema)  # fmt: skip
 def update_settings():
-    changes = json_body()
-    if not isinstance(changes, dict):
-        raise InvalidInput({"_body": ["a JSON object is expected"]})
-    try:
-        return jsonify(settings_pages.update_settings(changes))
-    except ValidationError as exc:
-        raise _errors(exc) from None
+    # audited as the console's page does (no "via")
+    return jsonify(settings_service.update(get_pacs(), json_object(), actor()))
 
 
 # -- audit and jobs -------------------------------------------------------------------------
@@ -552,7 +463,7 @@ def update_settings():
 @doc("Audit events, newest first", query=AuditQuerySchema, response=AuditEventSchema, many=True)
 def audit():
     filters = load_args(AuditQuerySchema())
-    rows = audit_pages.audit_query(filters).paginate(filters["page"], filters["page_size"])
+    rows = audit_service.query(filters).paginate(filters["page"], filters["page_size"])
     return _dump(AuditEventSchema, list(rows), many=True)
 
 
@@ -561,7 +472,7 @@ def audit():
 @doc("Background jobs, newest first", query=JobQuerySchema, response=JobSchema, many=True)
 def jobs():
     filters = load_args(JobQuerySchema())
-    rows = job_pages.jobs_query(filters["state"]).paginate(filters["page"], filters["page_size"])
+    rows = job_service.query(filters["state"]).paginate(filters["page"], filters["page_size"])
     return _dump(JobSchema, list(rows), many=True)
 
 
@@ -569,18 +480,16 @@ def jobs():
 @require_right("manage_jobs")
 @doc("Make a job due now", response=JobSchema, errors=[409])
 def retry_job(job_id: int):
-    pacs = get_pacs()
-    if not pacs.jobs.retry_now(job_id):
-        abort(409 if pacs.jobs.get(job_id) else 404, "the job is running or does not exist")
-    record("job_retry", target=str(job_id), via="api")
-    return _dump(JobSchema, pacs.jobs.get(job_id))
+    try:
+        job = job_service.retry(get_pacs(), job_id, actor("api"))
+    except (NotFound, Conflict) as exc:
+        abort(404 if isinstance(exc, NotFound) else 409, "the job is running or does not exist")
+    return _dump(JobSchema, job)
 
 
 @bp.delete("/jobs/<int:job_id>")
 @require_right("manage_jobs")
 @doc("Delete a job", status=204)
 def delete_job(job_id: int):
-    if not get_pacs().jobs.delete(job_id):
-        abort(404, "no such job")
-    record("job_delete", target=str(job_id), via="api")
+    job_service.delete(get_pacs(), job_id, actor("api"))
     return "", 204

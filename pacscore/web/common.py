@@ -10,6 +10,7 @@ from flask import abort, current_app, request
 from marshmallow import Schema, ValidationError
 
 from pacscore import audit
+from pacscore.services import Actor
 from pacscore.web.security import client_ip, current_user
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -41,6 +42,14 @@ def json_body() -> Any:
         raise InvalidInput({"_body": ["invalid JSON: nested too deeply"]}) from None
     if has_nul(data):
         raise InvalidInput({"_body": [NUL_MESSAGE]})
+    return data
+
+
+def json_object() -> dict[str, Any]:
+    """The request body: a JSON object, or a 400 that says why not."""
+    data = json_body()
+    if not isinstance(data, dict):
+        raise InvalidInput({"_body": ["a JSON object is expected"]})
     return data
 
 
@@ -94,6 +103,11 @@ def check_uid(uid: str) -> str:
     if len(uid) > 64 or not UID_PATTERN.match(uid):
         abort(400, "invalid UID")
     return uid
+
+
+def actor(via: str | None = None) -> Actor:
+    """The current user as the service layer audits them (``via="api"`` from the API)."""
+    return Actor(user=current_user(), source_ip=client_ip(), via=via)
 
 
 def record(action: str, target: str = "", **details: Any) -> None:

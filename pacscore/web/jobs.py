@@ -7,18 +7,12 @@ import json
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from pacscore.jobs import STATES
-from pacscore.models import Job
-from pacscore.web.common import get_pacs, page_args, record
+from pacscore.services import Invalid, ServiceError
+from pacscore.services import jobs as job_service
+from pacscore.web.common import actor, get_pacs, page_args
 from pacscore.web.security import require_right
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
-
-
-def jobs_query(state: str | None):
-    if state and state not in STATES:
-        abort(400, f"unknown state {state!r}: one of {', '.join(STATES)}")
-    query = Job.select().order_by(Job.id.desc())
-    return query.where(Job.state == state) if state else query
 
 
 @bp.get("/")
@@ -26,14 +20,16 @@ def jobs_query(state: str | None):
 def index():
     state = request.args.get("state") or None
     page, size = page_args()
-    query = jobs_query(state)
-    counts = {s: Job.select().where(Job.state == s).count() for s in STATES}
+    try:
+        query = job_service.query(state)
+    except Invalid as exc:
+        abort(400, exc.message)
     return render_template(
         "jobs.html",
         jobs=list(query.paginate(page, size)),
         state=state,
         states=STATES,
-        counts=counts,
+        counts=job_service.counts(),
         loads=json.loads,
     )
 
@@ -41,20 +37,22 @@ def index():
 @bp.post("/<int:job_id>/retry")
 @require_right("manage_jobs")
 def retry(job_id: int):
-    if get_pacs().jobs.retry_now(job_id):
-        record("job_retry", target=str(job_id))
-        flash(f"Job {job_id} is due now.", "success")
-    else:
+    try:
+        job_service.retry(get_pacs(), job_id, actor())
+    except ServiceError:
         flash(f"Job {job_id} is running or gone.", "error")
+    else:
+        flash(f"Job {job_id} is due now.", "success")
     return redirect(url_for("jobs.index", state=request.args.get("state") or None))
 
 
 @bp.post("/<int:job_id>/delete")
 @require_right("manage_jobs")
 def delete(job_id: int):
-    if get_pacs().jobs.delete(job_id):
-        record("job_delete", target=str(job_id))
-        flash(f"Job {job_id} deleted.", "success")
-    else:
+    try:
+        job_service.delete(get_pacs(), job_id, actor())
+    except ServiceError:
         flash(f"Job {job_id} does not exist.", "error")
+    else:
+        flash(f"Job {job_id} deleted.", "success")
     return redirect(url_for("jobs.index", state=request.args.get("state") or None))

@@ -20,7 +20,8 @@ from flask import Flask, current_app
 from marshmallow import Schema
 
 from pacscore import __version__
-from pacscore.web.schemas import ErrorSchema, OptionalEmail
+from pacscore.services.schemas import OptionalEmail
+from pacscore.web.schemas import ErrorSchema
 from pacscore.web.security import PUBLIC, declared_right
 
 API_PREFIX = "/api/v1/"

@@ -34,7 +34,8 @@ from typing import TypeVar
 
 from flask import abort, current_app, flash, g, redirect, request, session, url_for
 
-from pacscore.models import ApiToken, User, WebSession, utcnow
+from pacscore.db import utcnow
+from pacscore.models import ApiToken, User, WebSession
 from pacscore.rights import profile_rights
 from pacscore.users import is_locked, log_in, password_expired
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from marshmallow import ValidationError
 
 from pacscore.config import CORE_SETTINGS
-from pacscore.web.common import get_pacs, record
+from pacscore.services import Invalid
+from pacscore.services import settings as settings_service
+from pacscore.web.common import actor, get_pacs
 from pacscore.web.forms import display_values, form_fields, parse_form
 from pacscore.web.security import require_right
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
-
-
-def update_settings(changes: dict) -> dict:
-    """Validate, persist and audit a change of the core settings (only what changed)."""
-    pacs = get_pacs()
-    before = CORE_SETTINGS.dump(pacs.settings.core)
-    after = CORE_SETTINGS.dump(pacs.settings.update_core(changes))
-    changed = {k: after[k] for k in after if before.get(k) != after[k]}
-    if changed:
-        record("settings_change", target="core", changes=changed)
-    return after
 
 
 @bp.route("/", methods=["GET", "POST"])
@@ -29,13 +19,13 @@ def update_settings(changes: dict) -> dict:
 def index():
     specs = form_fields(CORE_SETTINGS)
     errors = {}
-    shown = CORE_SETTINGS.dump(get_pacs().settings.core)
+    shown = settings_service.core(get_pacs())
     if request.method == "POST":
         data = parse_form(specs, request.form)
         try:
-            update_settings(data)
-        except ValidationError as exc:
-            errors, shown = exc.normalized_messages(), data
+            settings_service.update(get_pacs(), data, actor())
+        except Invalid as exc:
+            errors, shown = exc.errors, data
         else:
             flash("Settings saved; they apply now.", "success")
             return redirect(url_for("settings.index"))

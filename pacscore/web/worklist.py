@@ -17,6 +17,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from peewee import IntegrityError
 
 from pacscore.models import Node, ScheduledStep, StudyType
+from pacscore.services.schemas import UtcDateTime
 from pacscore.web.api import doc
 from pacscore.web.common import (
     InvalidInput,
@@ -28,7 +29,7 @@ from pacscore.web.common import (
     record,
 )
 from pacscore.web.forms import display_values, form_fields, parse_form, schema_defaults
-from pacscore.web.schemas import UtcDateTime, _date
+from pacscore.web.schemas import _date
 from pacscore.web.security import require_right
 from pacscore.web.studyops import DATE_PRESETS, date_range
 from pacscore.worklist import IN_PROGRESS, STATUSES, StepInProgress, UnknownEntry, WorklistError

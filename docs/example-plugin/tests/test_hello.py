@@ -1,64 +1,67 @@
-"""pacscore-hello on a bare PluginHost: no server, no database."""
+"""pacscore-hello against a real pacscore, in-process, with pacscore.testing."""
 
 import pacscore_hello
 import pytest
 
-from pacscore.archive import StoredInstance
-from pacscore.plugins import PluginHost
-
-
-class FakePacs:
-    """Just what the plugin uses of :class:`pacscore.app.Pacs`."""
-
-    def __init__(self, **settings) -> None:
-        self.settings = settings
-
-    def plugin_settings(self, name):
-        return pacscore_hello.HelloSettings().load(self.settings)
-
-
-def stored(sop_uid: str) -> StoredInstance:
-    return StoredInstance(
-        sop_uid=sop_uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        series_uid="1.2.3.1",
-        study_uid="1.2.3",
-        patient_id="PAT1",
-        modality="CT",
-        transfer_syntax="1.2.840.10008.1.2.1",
-        path="/nowhere.dcm",
-        size=1000,
-        calling_ae="CT01",
-        received_at="2024-01-01T00:00:00",
-    )
+from pacscore.testing import (
+    console_client,
+    deliver_events,
+    fire_stable_studies,
+    make_dataset,
+    make_pacs,
+    store,
+)
 
 
 @pytest.fixture
-def host():
-    host = PluginHost()
-    host.register(pacscore_hello, name="hello")
-    return host
+def pacs(tmp_path):
+    pacs = make_pacs(tmp_path, plugins=[pacscore_hello])  # registered as "hello"
+    yield pacs
+    pacs.database.close_all()
 
 
-def test_settings_default_to_no_log_file(host):
-    assert host.settings_schema("hello").load({}) == {"log_file": None}
-
-
-def test_on_store_appends_one_line_per_instance(host, tmp_path):
+def test_on_store_appends_one_line_per_instance(pacs, tmp_path):
     log_file = tmp_path / "hello.log"
-    pacs = FakePacs(log_file=str(log_file))
-    for uid in ("1.2.3.1.1", "1.2.3.1.2"):
-        host.call_each("on_store", pacs=pacs, instance=stored(uid))
-    assert log_file.read_text() == "1.2.3.1.1 PAT1 CT\n1.2.3.1.2 PAT1 CT\n"
-    assert host.failures == []
+    pacs.save_plugin_settings("hello", {"log_file": str(log_file)})
+    first = store(pacs, make_dataset(PatientID="PAT1", Modality="CT"))
+    second = store(pacs, make_dataset(PatientID="PAT2", Modality="MR"))
+    assert deliver_events(pacs) == 2  # what the dispatcher thread does in a server
+    assert log_file.read_text() == f"{first.sop_uid} PAT1 CT\n{second.sop_uid} PAT2 MR\n"
+    assert pacs.hooks.failures == []  # a raising hook would be recorded here, not raised
 
 
-def test_nothing_is_written_without_a_log_file(host, tmp_path):
-    host.call_each("on_store", pacs=FakePacs(), instance=stored("1.2.3.1.1"))
-    assert list(tmp_path.iterdir()) == []
+def test_settings_default_to_no_log_file(pacs):
+    assert pacs.plugin_settings("hello") == {"log_file": None}
 
 
-def test_an_unwritable_log_file_is_a_recorded_failure(host, tmp_path):
-    pacs = FakePacs(log_file=str(tmp_path / "missing-folder" / "hello.log"))
-    host.call_each("on_store", pacs=pacs, instance=stored("1.2.3.1.1"))  # does not raise
-    assert [(f.plugin, f.hook) for f in host.failures] == [("hello", "on_store")]
+def test_nothing_is_written_without_a_log_file(pacs, tmp_path):
+    store(pacs, make_dataset())
+    assert deliver_events(pacs) == 1
+    assert not list(tmp_path.glob("*.log"))
+
+
+def test_a_quiet_study_gets_its_stable_line(pacs, tmp_path):
+    log_file = tmp_path / "hello.log"
+    pacs.save_plugin_settings("hello", {"log_file": str(log_file)})
+    first = store(pacs, make_dataset())
+    store(pacs, make_dataset(StudyInstanceUID=first.study_uid))
+    assert fire_stable_studies(pacs) == 1  # as if study_stable_seconds had passed
+    assert log_file.read_text() == f"# study {first.study_uid} stable with 2 instance(s)\n"
+
+
+def test_an_unwritable_log_file_is_a_recorded_failure(pacs, tmp_path):
+    pacs.save_plugin_settings("hello", {"log_file": str(tmp_path / "missing" / "hello.log")})
+    store(pacs, make_dataset())
+    deliver_events(pacs)  # does not raise
+    assert [(f.plugin, f.hook) for f in pacs.hooks.failures] == [("hello", "on_store")]
+    page = console_client(pacs).get("/plugins/").text  # the administrator sees it
+    assert "on_store" in page and "FileNotFoundError" in page
+
+
+def test_the_console_edits_the_settings(pacs, tmp_path):
+    admin = console_client(pacs)
+    form = admin.get("/plugins/hello/settings")
+    assert form.status_code == 200 and "file to append to" in form.text  # the field's help
+    log_file = str(tmp_path / "hello.log")
+    assert admin.post("/plugins/hello/settings", {"log_file": log_file}).status_code == 302
+    assert pacs.plugin_settings("hello") == {"log_file": log_file}

@@ -18,11 +18,12 @@ from fnmatch import fnmatch
 from marshmallow import Schema, fields, validate
 
 from pacscore import hookimpl
+from pacscore.db import connection, utcnow
 from pacscore.jobs import PermanentJobError
-from pacscore.models import connection, utcnow
 
 from . import directory
 from .cli import add_commands
+from .models import MODELS
 from .smime import CIPHERS, protect
 
 PLUGIN = "apicrypt"
@@ -55,6 +56,11 @@ def _refuse(reason: str) -> PermanentJobError:
     return PermanentJobError(
         f"APICrypt: not sent (never in clear to an APICrypt address): {reason}"
     )
+
+
+@hookimpl
+def database_models():
+    return MODELS
 
 
 @hookimpl

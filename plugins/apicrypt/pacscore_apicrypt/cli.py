@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pacscore.models import utcnow
+from pacscore.db import utcnow
 
 from . import directory
 

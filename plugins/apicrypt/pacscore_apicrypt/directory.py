@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
 from peewee import fn
 
-from pacscore.models import ApicryptCertificate, ApicryptIdentity, db, utcnow
+from pacscore.db import db, utcnow
+
+from .models import ApicryptCertificate, ApicryptIdentity
 
 
 @dataclass

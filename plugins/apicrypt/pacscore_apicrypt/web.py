@@ -15,13 +15,14 @@ from cryptography import x509
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from marshmallow import Schema, ValidationError, fields, validate
 
-from pacscore.models import ApicryptCertificate, ApicryptIdentity, utcnow
+from pacscore.db import utcnow
+from pacscore.services.schemas import UtcDateTime
 from pacscore.web.common import InvalidInput, get_pacs, load_args, record
 from pacscore.web.openapi import doc
-from pacscore.web.schemas import UtcDateTime
 from pacscore.web.security import require_right
 
 from . import directory
+from .models import ApicryptCertificate, ApicryptIdentity
 
 RIGHT = "configure"
 # well under Werkzeug's 500 KiB in-memory limit for uploaded files

@@ -11,8 +11,9 @@ import pacscore_apicrypt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from pacscore_apicrypt.models import ApicryptCertificate, ApicryptIdentity
 
-from pacscore.models import ApicryptCertificate, ApicryptIdentity, connection
+from pacscore.db import connection
 from tests.conftest import new_pacs
 from tests.pki import TestCA
 from tests.webclient import Console, add_user, web_app
@@ -44,6 +45,7 @@ def pacs(home):
     """The pages are thin over directory.py (tested on both databases): SQLite is enough."""
     pacs = new_pacs(home, "sqlite:///index.db")
     pacs.hooks.register(pacscore_apicrypt, name="apicrypt")
+    pacs.prepare_plugin_tables()
     yield pacs
     pacs.database.close_all()
 

@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from pacscore_apicrypt import directory
+from pacscore_apicrypt.models import ApicryptIdentity
 
-from pacscore.models import ApicryptIdentity, connection
+from pacscore.db import connection
 from tests.conftest import PacsProcess, new_pacs
 from tests.pki import TestCA
 from tests.smtpserver import SmtpServer
@@ -53,6 +54,7 @@ def apicrypt_pacs(home: Path, db_url: str, smtp: SmtpServer):
     pacs = new_pacs(home, db_url)
     pacs.hooks.register(pacscore_email, name="email")
     pacs.hooks.register(pacscore_apicrypt, name="apicrypt")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings(
             "email", {**smtp.settings(), "sender": "pacs@medical59.apicrypt.org"}
@@ -86,6 +88,7 @@ def test_mail_to_apicrypt_recipients_is_signed_and_encrypted_for_each(
     pacs = make_pacs()
     pacs.hooks.register(pacscore_email, name="email")
     pacs.hooks.register(pacscore_apicrypt, name="apicrypt")
+    pacs.prepare_plugin_tables()
     p12 = pkcs12.serialize_key_and_certificates(
         b"us", pki["us"].key, pki["us"].cert, [pki["ca"].cert],
         serialization.BestAvailableEncryption(b"p12-pass"),

@@ -1,10 +1,11 @@
 """pacscore-email: delivers the core's mail jobs over SMTP and mails alerts.
 
-Hooks: ``settings_schema``; ``prepare_mail`` (first: fills in ``From`` and the
-default ``Reply-To``); ``deliver_mail`` (SMTP, none/STARTTLS/SSL, AUTH);
-``on_alert`` (a templated mail to the recipients of the alert's kind, not
-again within the quiet period); ``cli_commands`` (``pacscore mail test``);
-``register_blueprints`` (the "send test e-mail" page and API route).
+Hooks: ``database_models`` (its table ``mailalertsent``); ``settings_schema``;
+``prepare_mail`` (first: fills in ``From`` and the default ``Reply-To``);
+``deliver_mail`` (SMTP, none/STARTTLS/SSL, AUTH); ``on_alert`` (a templated
+mail to the recipients of the alert's kind, not again within the quiet
+period); ``cli_commands`` (``pacscore mail test``); ``register_blueprints``
+(the "send test e-mail" page and API route).
 See README.md.
 """
 
@@ -16,11 +17,12 @@ from email.utils import make_msgid
 from typing import Any
 
 from pacscore import hookimpl
+from pacscore.db import connection
 from pacscore.mail import deliver, mail_payload
-from pacscore.models import connection
 
 from . import smtp
 from .alerts import mail_alert, render
+from .models import MODELS
 from .settings import EmailSettings
 
 PLUGIN = "email"
@@ -29,6 +31,11 @@ log = logging.getLogger(__name__)
 
 def settings(pacs) -> dict[str, Any]:
     return pacs.plugin_settings(PLUGIN)
+
+
+@hookimpl
+def database_models():
+    return MODELS
 
 
 @hookimpl

@@ -9,8 +9,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from peewee import IntegrityError
 
-from pacscore.models import MailAlertSent, db, is_sqlite, utcnow, write_transaction
+from pacscore.db import db, is_sqlite, utcnow, write_transaction
 
+from .models import MailAlertSent
 from .settings import ALERTS_KEY
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pacscore_email
 import pytest
 
-from pacscore.models import connection
+from pacscore.db import connection
 from tests.conftest import new_pacs
 from tests.smtpserver import SmtpServer
 from tests.webclient import Console, add_user, web_app
@@ -26,6 +26,7 @@ def pacs(tmp_path):
     """Pages do not depend on the database: SQLite is enough."""
     pacs = new_pacs(tmp_path / "home", "sqlite:///index.db")
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     yield pacs
     pacs.database.close_all()
 

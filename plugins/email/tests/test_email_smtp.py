@@ -9,8 +9,10 @@ from datetime import timedelta
 
 import pacscore_email
 import pytest
+from pacscore_email.models import MailAlertSent
 
-from pacscore.models import Job, MailAlertSent, PluginState, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import Job, PluginState
 from tests.conftest import PacsProcess, new_pacs
 from tests.smtpserver import SmtpServer
 
@@ -38,6 +40,7 @@ def smtp_servers(tmp_path):
 def email_pacs(home, db_url, **settings):
     pacs = new_pacs(home, db_url)
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings("email", settings)
     return pacs
@@ -70,6 +73,7 @@ def test_alert_is_mailed_to_its_recipients_over_starttls_with_auth(make_pacs, sm
     smtp = smtp_servers(security="starttls", login="pacs", password="s3cret-pw")
     pacs = make_pacs()
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings("email", {
             **smtp.settings(),
@@ -109,6 +113,7 @@ def test_the_same_alert_is_not_mailed_again_within_the_quiet_period(
     smtp = smtp_servers()
     pacs = make_pacs()
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings("email", {
             **smtp.settings(), "quiet_period_minutes": 30,
@@ -132,6 +137,7 @@ def test_the_same_alert_is_not_mailed_again_within_the_quiet_period(
     # the quiet period is in the database: a new Pacs (a restart) still honours it
     again = make_pacs()
     again.hooks.register(pacscore_email, name="email")
+    again.prepare_plugin_tables()
     again.alert("low_disk_space", "700 MB free", storage="default", free_mb=700)
     assert run_mail_jobs(again) == []
 
@@ -148,6 +154,7 @@ def test_an_alert_without_recipients_sends_nothing(make_pacs, smtp_servers, db_u
     smtp = smtp_servers()
     pacs = make_pacs()
     pacs.hooks.register(pacscore_email, name="email")
+    pacs.prepare_plugin_tables()
     with connection():
         pacs.save_plugin_settings(
             "email", {**smtp.settings(), "recipients": {"storage_full": ["a@b.example"]}}

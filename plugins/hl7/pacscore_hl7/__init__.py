@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from pacscore import hookimpl
 from pacscore.scheduler import PeriodicTask
 from pacscore_hl7.mllp import MAX_FRAME, MllpServer
+from pacscore_hl7.models import MODELS
 from pacscore_hl7.orders import DEFAULT_MAPPING, parse_mapping
 from pacscore_hl7.pages import make_blueprint
 from pacscore_hl7.service import (
@@ -71,6 +72,11 @@ class Hl7Settings(Schema):
             parse_mapping(value)
         except ValueError as exc:
             raise ValidationError(str(exc)) from exc
+
+
+@hookimpl
+def database_models():
+    return MODELS
 
 
 @hookimpl

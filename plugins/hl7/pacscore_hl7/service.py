@@ -24,14 +24,7 @@ from datetime import timedelta
 
 from peewee import fn
 
-from pacscore.models import (
-    Hl7Message,
-    connection,
-    db,
-    is_sqlite,
-    utcnow,
-    write_transaction,
-)
+from pacscore.db import connection, db, is_sqlite, utcnow, write_transaction
 from pacscore.worklist import WorklistError
 from pacscore_hl7 import orders
 from pacscore_hl7.message import (
@@ -46,6 +39,7 @@ from pacscore_hl7.message import (
     decode,
     version_problem,
 )
+from pacscore_hl7.models import Hl7Message
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import pytest
 from marshmallow import ValidationError
 from pacscore_hl7.message import Message, decode
 from pacscore_hl7.mllp import FrameReader
+from pacscore_hl7.models import Hl7Message
 from pacscore_hl7.service import (
     forget_old_messages,
     process_frame,
@@ -19,7 +20,7 @@ from pacscore_hl7.service import (
     replay,
 )
 
-from pacscore.models import Hl7Message, connection, utcnow
+from pacscore.db import connection, utcnow
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
 
 ORDER = (
@@ -41,6 +42,7 @@ def order(cid: str, control: str = "NW", status: str = "SC") -> str:
 def pacs(make_pacs):  # noqa: F811 - the fixture imported above
     pacs = make_pacs()
     pacs.hooks.register(pacscore_hl7, name="hl7")
+    pacs.prepare_plugin_tables()
     return pacs
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pacscore_hl7
 import pytest
+from pacscore_hl7.models import Hl7Message
 from pacscore_hl7.service import process_text, recent, replay
 
-from pacscore.models import Hl7Message, connection
-from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
-from tests.webclient import Console, add_user, web_app
+from pacscore.db import connection
+from pacscore.testing import console_client, make_pacs
 
 ORDER = (
     "MSH|^~\\&|HIS|HOSP|PACSCORE|RAD|20240101120000||ORM^O01|{cid}|P|2.5\r"
@@ -19,23 +19,16 @@ ORDER = (
 
 
 @pytest.fixture
-def db_url():  # noqa: F811 - SQLite is enough: the log queries are the plugin's own
-    return "sqlite:///index.db"
-
-
-@pytest.fixture
-def pacs(make_pacs):  # noqa: F811
-    pacs = make_pacs()
-    pacs.hooks.register(pacscore_hl7, name="hl7")
-    return pacs
+def pacs(tmp_path):
+    """SQLite (make_pacs's default) is enough: the log queries are the plugin's own."""
+    pacs = make_pacs(tmp_path, plugins=[pacscore_hl7])
+    yield pacs
+    pacs.database.close_all()
 
 
 @pytest.fixture
 def clerk(pacs):
-    add_user("clerk", "secretary")
-    console = Console(web_app(pacs))
-    assert console.login("clerk").status_code == 302
-    return console
+    return console_client(pacs, "secretary", login="clerk")
 
 
 def test_log_lists_and_filters_messages_escaped(pacs, clerk):
@@ -85,18 +78,13 @@ def test_a_large_message_is_shown_cut_and_replayed_whole(pacs, clerk):
 
 def test_rights_csrf_and_anonymous(pacs):
     first = process_text(pacs, ORDER.format(cid="C3", pid="P3"), "")
-    app = web_app(pacs)
-    add_user("doctor", "radiologist")
-    doctor = Console(app)
-    doctor.login("doctor")
+    doctor = console_client(pacs, "radiologist", login="doctor")
     assert doctor.get("/hl7/").status_code == 403
     assert doctor.post(f"/hl7/{first.log_id}/replay", {"confirm": "yes"}).status_code == 403
-    add_user("clerk", "secretary")
-    clerk = Console(app)
-    clerk.login("clerk")
+    clerk = console_client(pacs, "secretary", login="clerk", app=doctor.app)
     no_token = clerk.client.post(f"/hl7/{first.log_id}/replay", data={"confirm": "yes"})
     assert no_token.status_code == 400
     with connection():
         assert Hl7Message.select().count() == 1  # neither request replayed anything
-    anonymous = Console(app).get("/hl7/")
+    anonymous = doctor.app.test_client().get("/hl7/")
     assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]

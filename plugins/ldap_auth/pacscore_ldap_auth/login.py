@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import ldap
 
-from pacscore.models import Profile, User, connection
+from pacscore.db import connection
+from pacscore.models import Profile, User
 from pacscore.secrets import SecretError
 from pacscore_ldap_auth.directory import (
     Directory,

@@ -21,7 +21,8 @@ from marshmallow import ValidationError
 from pacscore_ldap_auth.directory import membership_filter, user_bind_dn, user_search_filter
 from pacscore_ldap_auth.login import NO_GROUP_REASON, UNAVAILABLE_REASON
 
-from pacscore.models import AuditEvent, PluginFailureRecord, PluginState, User, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, PluginFailureRecord, PluginState, User
 from pacscore.users import hash_password, log_in
 
 MAPPING = [
@@ -177,8 +178,8 @@ def test_an_empty_password_is_refused_and_never_bound(ldap_pacs, slapd):
     assert directory.whoami_s() == ""  # bound, as nobody
     directory.unbind_s()
     for password in ("", None):
-        verdict = ldap_pacs.hooks.call_first(
-            "authenticate", pacs=ldap_pacs, login="alice", password=password
+        verdict = ldap_pacs.hooks.relay.authenticate(
+            pacs=ldap_pacs, login="alice", password=password
         )
         assert verdict["accepted"] is False
         assert not log_in(ldap_pacs, "alice", password or "").success

@@ -8,7 +8,8 @@ import logging
 import pytest
 from ldap_test_server import GROUPS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD
 
-from pacscore.models import AuditEvent, User, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, User
 from tests.webclient import Console, add_user, web_app
 
 MAPPING = [

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from peewee import fn
 
-from pacscore.models import Instance, Patient, Series, Storage, Study, utcnow
-from pacscore.storage import MB
+from pacscore.db import utcnow
+from pacscore.models import Instance, Patient, Series, Storage, Study
 from pacscore_purge.rules import Rule, winning_rule
 from pacscore_purge.settings import PLUGIN_NAME, rule_warnings
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pacscore.app import Pacs
 
 CHUNK = 400  # values per IN list: well under SQLite's parameter limit
+MB = 1024 * 1024  # the settings' *_mb, as the core counts a storage's min_free_mb
 
 
 @dataclass

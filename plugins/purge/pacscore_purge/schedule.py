@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
+from pacscore.db import write_transaction
 from pacscore.jobs import JobHandler
-from pacscore.models import Job, write_transaction
+from pacscore.models import Job
 from pacscore.scheduler import PeriodicTask
 from pacscore_purge.planner import size_needs
 from pacscore_purge.runner import run_purge

@@ -11,10 +11,11 @@ from __future__ import annotations
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from marshmallow import Schema, fields, validate
 
-from pacscore.models import connection
+from pacscore.db import connection
+from pacscore.services.schemas import UtcDateTime
 from pacscore.web.common import get_pacs, load, load_json, record
 from pacscore.web.openapi import doc
-from pacscore.web.schemas import JobRefSchema, UtcDateTime
+from pacscore.web.schemas import JobRefSchema
 from pacscore.web.security import require_right
 
 from .planner import make_plan

@@ -10,7 +10,7 @@ from pathlib import Path
 import pacscore_purge
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pacscore.models import connection
+from pacscore.db import connection
 from tests.dicomgen import dataset_bytes, make_instance
 
 # the rule set, written with mixed case and accents, plus two of ours

@@ -12,8 +12,9 @@ from pacscore_purge.schedule import tick
 from purge_testlib import RULES, configure, purge_pacs, store_files, ten_year_archive
 
 from pacscore import hookimpl
+from pacscore.db import connection, utcnow
 from pacscore.importer import check_index
-from pacscore.models import AuditEvent, Instance, Job, Series, Study, connection, utcnow
+from pacscore.models import AuditEvent, Instance, Job, Series, Study
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
 
 

@@ -14,7 +14,8 @@ import pytest
 from purge_testlib import RULES, configure, purge_pacs, store_files, ten_year_archive
 from pydicom import dcmread
 
-from pacscore.models import AuditEvent, Instance, connection
+from pacscore.db import connection
+from pacscore.models import AuditEvent, Instance
 from tests.conftest import PacsProcess, db_url, make_pacs, pacs_home, run_dcmtk, server  # noqa: F401
 
 

@@ -10,7 +10,8 @@ from pacscore_purge import make_plan
 from purge_testlib import RULES, configure, purge_pacs, store_files, ten_year_archive
 
 from pacscore import hookimpl
-from pacscore.models import Job, Profile, Study, User, connection
+from pacscore.db import connection
+from pacscore.models import Job, Profile, Study, User
 from tests.conftest import make_pacs  # noqa: F401 - fixture
 from tests.webclient import Console, add_user, web_app
 

@@ -14,7 +14,8 @@ from pacscore_purge import make_plan, run_purge
 from pacscore_purge.schedule import tick
 from purge_testlib import configure, purge_pacs, store_files, study_date
 
-from pacscore.models import Job, Storage, Study, connection
+from pacscore.db import connection
+from pacscore.models import Job, Storage, Study
 from tests.conftest import db_url, make_pacs  # noqa: F401 - fixtures
 from tests.dicomgen import make_instance
 

@@ -16,10 +16,12 @@ import logging
 from pydicom import dcmread
 
 from pacscore import hookimpl
+from pacscore.db import connection
 from pacscore.jobs import JobHandler
-from pacscore.models import Instance, Series, Study, connection
+from pacscore.models import Instance, Series, Study
 from pacscore_router import sending
 from pacscore_router.matching import Subject, parse_tag
+from pacscore_router.models import MODELS
 from pacscore_router.rules import ordered, rule_matches
 from pacscore_router.settings import (
     AUTO_FETCHING,
@@ -31,6 +33,11 @@ from pacscore_router.settings import (
 from pacscore_router.worklist import worklist_subject
 
 log = logging.getLogger(__name__)
+
+
+@hookimpl
+def database_models():
+    return MODELS
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from datetime import datetime, time, timedelta
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from pacscore.dicom.header import normalize_text
+from pacscore.dicomfile.text import normalize_text
 
 ANY, ALL, NONE = "ANY", "ALL", "NONE"
 _TAG = re.compile(r"\(?([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\)?")

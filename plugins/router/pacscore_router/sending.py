@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 from pydicom.multival import MultiValue
 
+from pacscore.db import connection, utcnow, write_transaction
 from pacscore.dicom.scu import (
     ScuError,
     StoredFile,
@@ -27,19 +28,9 @@ from pacscore.dicom.scu import (
     store_files,
 )
 from pacscore.jobs import RUNNING, Postpone
-from pacscore.models import (
-    Instance,
-    Job,
-    Node,
-    Patient,
-    RouterDelivery,
-    Series,
-    Study,
-    connection,
-    utcnow,
-    write_transaction,
-)
+from pacscore.models import Instance, Job, Node, Patient, Series, Study
 from pacscore_router.matching import keyword_of, parse_tag, seconds_until_window
+from pacscore_router.models import RouterDelivery
 from pacscore_router.priors import Candidate, choose_priors, parse_priors
 from pacscore_router.settings import PLUGIN_NAME
 

@@ -13,7 +13,8 @@ import json
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
-from pacscore.models import Node, PluginState, connection
+from pacscore.db import connection
+from pacscore.models import Node, PluginState
 from pacscore_router.matching import ALL, ANY, NONE, known_tag, parse_time_of_day
 from pacscore_router.priors import PriorSyntaxError, parse_priors
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pacscore_router
 import pytest
+from pacscore_router.models import RouterDelivery
 
-from pacscore.dicom.server import start_dicom_server
+from pacscore.db import connection
+from pacscore.dicom.scp import start_dicom_server
 from pacscore.jobs import JobWorkers
-from pacscore.models import Job, Node, RouterDelivery, connection
+from pacscore.models import Job, Node
 from pacscore.outbox import Dispatcher
 from tests.conftest import DCMTK_ENV, dcmtk, free_port, new_pacs, wait_for_port
 from tests.dicomgen import make_instance
@@ -84,6 +86,7 @@ class RouterPacs:
         self.pacs = new_pacs(home, db_url)
         self.pacs.config.aet = aet
         self.pacs.hooks.register(pacscore_router, name="router")
+        self.pacs.prepare_plugin_tables()
         with connection():
             self.pacs.settings.update_core({"study_stable_seconds": 1})
         self.dispatcher: Dispatcher | None = None
@@ -121,7 +124,7 @@ class RouterPacs:
             return self.pacs.save_plugin_settings("router", settings)
 
     def store(self, path: Path, calling_ae: str = "MODALITY") -> None:
-        from pacscore.archive import read_dicom_file
+        from pacscore.dicomfile.part10 import read_dicom_file
 
         data, ts = read_dicom_file(path)
         with connection():
@@ -140,7 +143,8 @@ class RouterPacs:
 
     def idle(self) -> bool:
         """No outbox event, unstable study or due job left."""
-        from pacscore.models import OutboxEvent, Study, utcnow
+        from pacscore.db import utcnow
+        from pacscore.models import OutboxEvent, Study
 
         with connection():
             return (

@@ -10,7 +10,8 @@ from router_fixtures import wait_until
 
 from pacscore.app import Pacs
 from pacscore.config import Config
-from pacscore.models import Node, connection
+from pacscore.db import connection
+from pacscore.models import Node
 from tests.conftest import PacsProcess
 from tests.dicomgen import dataset_bytes, make_instance
 

@@ -17,8 +17,9 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from router_fixtures import DEST_AET, RouterPacs, wait_until
 
+from pacscore.db import connection
 from pacscore.jobs import JobWorkers
-from pacscore.models import Job, connection
+from pacscore.models import Job
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 from tests.dicomgen import make_instance
 

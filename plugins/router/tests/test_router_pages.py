@@ -7,7 +7,8 @@ from __future__ import annotations
 import pacscore_router
 import pytest
 
-from pacscore.models import Job, Node, connection
+from pacscore.db import connection
+from pacscore.models import Job, Node
 from tests.conftest import new_pacs
 from tests.webclient import Console, add_user, store_instance, web_app
 
@@ -39,6 +40,7 @@ def pacs(tmp_path):
     """The pages are thin over rules.py (tested on both databases): SQLite is enough."""
     pacs = new_pacs(tmp_path / "home", "sqlite:///index.db")
     pacs.hooks.register(pacscore_router, name="router")
+    pacs.prepare_plugin_tables()
     with connection():
         for name in ("viewer", "archive"):
             Node.create(name=name, aet=name.upper(), host="127.0.0.1", port=11112)

@@ -13,7 +13,8 @@ from pacscore_router.priors import Candidate, choose_priors, parse_priors
 from pydicom import dcmread
 from router_fixtures import DEST_AET, make_study, wait_until
 
-from pacscore.models import Study, connection
+from pacscore.db import connection
+from pacscore.models import Study
 from tests.conftest import PacsProcess
 
 pytestmark = pytest.mark.timeout(120)

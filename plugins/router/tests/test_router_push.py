@@ -14,7 +14,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from router_fixtures import DEST_AET, make_study, wait_until
 
-from pacscore.models import Job, OutboxEvent, connection, utcnow
+from pacscore.db import connection, utcnow
+from pacscore.models import Job, OutboxEvent
 from tests.conftest import pydicom_test_files
 from tests.dicomgen import dataset_bytes
 
@@ -55,10 +56,9 @@ def test_push_delivers_the_study_byte_identically_once(db_url, router_pacs, stor
     assert {d.state for d in router.deliveries()} == {"sent"}
 
     # the study becomes stable again (a late duplicate event): nothing is sent twice
-    router.pacs.hooks.call_each(
-        "on_study_stable", pacs=router.pacs, study_uid=_study_uid(files[0]), patient_id="PAT1",
-        num_instances=3,
-    )  # fmt: skip
+    router.pacs.hooks.relay.on_study_stable(
+        pacs=router.pacs, study_uid=_study_uid(files[0]), patient_id="PAT1", num_instances=3
+    )
     wait_until(router.idle)
     assert len(dest.files()) == 3 and len(router.jobs()) == 1
 
@@ -88,10 +88,11 @@ def test_a_destination_down_leaves_a_pending_job_then_retry_delivers_once(
     assert job.next_attempt > utcnow() + timedelta(minutes=50)
     assert {d.state for d in router.deliveries()} == {"queued"}
     study_uid = _study_uid(files[0])
-    holds = router.pacs.hooks.call_each(
-        "retention_holds", pacs=router.pacs, study_uids=[study_uid, "1.2.3.4"]
+    holds, failed = router.pacs.hooks.relay.retention_holds(
+        pacs=router.pacs, study_uids=[study_uid, "1.2.3.4"]
     )
-    assert holds == [{study_uid: f"router: send to dest is pending (job {job.id})"}]
+    assert holds == [("router", {study_uid: f"router: send to dest is pending (job {job.id})"})]
+    assert failed == []
 
     dest.start()
     assert router.pacs.jobs.retry_now(job.id)
@@ -100,10 +101,10 @@ def test_a_destination_down_leaves_a_pending_job_then_retry_delivers_once(
         str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files
     )
     assert job_row(job.id).attempts == 2
-    assert (
-        router.pacs.hooks.call_each("retention_holds", pacs=router.pacs, study_uids=[study_uid])
-        == []
+    holds, failed = router.pacs.hooks.relay.retention_holds(
+        pacs=router.pacs, study_uids=[study_uid]
     )
+    assert holds == failed == []
 
     # done jobs retried again send nothing more; a forced resend sends again
     router.pacs.jobs.retry_now(job.id)
@@ -314,27 +315,28 @@ def test_a_failed_send_holds_its_study_until_the_job_is_deleted(router_pacs, tmp
     study_uid = _study_uid(files[0])
     pacs = router.pacs
     with connection():
-        pacs.hooks.call_each(
-            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        pacs.hooks.relay.on_study_stable(
+            pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
         )
     job = pacs.jobs.take(["router.send"], "test")
     assert pacs.jobs.run(job) is False
     assert job_row(job.id).state == "failed"
-    holds = pacs.hooks.call_each("retention_holds", pacs=pacs, study_uids=[study_uid])
-    assert holds == [{study_uid: f"router: send to dest is failed (job {job.id})"}]
+    holds, failed = pacs.hooks.relay.retention_holds(pacs=pacs, study_uids=[study_uid])
+    assert holds == [("router", {study_uid: f"router: send to dest is failed (job {job.id})"})]
+    assert failed == []
 
     # the study stable again: the failed job already carries it, nothing new is queued
     with connection():
-        pacs.hooks.call_each(
-            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        pacs.hooks.relay.on_study_stable(
+            pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
         )
     assert len(router.jobs()) == 1
     # the administrator deletes the failed job: the study is released, a new event queues again
     assert pacs.jobs.delete(job.id)
-    assert pacs.hooks.call_each("retention_holds", pacs=pacs, study_uids=[study_uid]) == []
+    assert pacs.hooks.relay.retention_holds(pacs=pacs, study_uids=[study_uid]) == ([], [])
     with connection():
-        pacs.hooks.call_each(
-            "on_study_stable", pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
+        pacs.hooks.relay.on_study_stable(
+            pacs=pacs, study_uid=study_uid, patient_id="PAT1", num_instances=2
         )
     assert [j.state for j in router.jobs()] == ["pending"]
     assert {d.state for d in router.deliveries()} == {"queued"}
